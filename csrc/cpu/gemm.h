@@ -1,0 +1,51 @@
+// The CPU GEMM used by all three products of a dense layer:
+//   C (M, N) = A (M, K) @ B (K, N) [+ bias (N) on every row];  optionally a_row_sums (M) = A @ 1
+// A and B are strided views, so transposes, slices and stride-0 (expanded) operands are read
+// in place; packing absorbs the layout. C is written row-major with leading dimension ldc.
+//   forward       y      = x   @ W^T  (+ b)        A = x,     B = W viewed transposed
+//   grad_input    dx     = dy  @ W                 A = dy,    B = W
+//   grad_weight   dW     = dy^T @ x, db = dy^T @ 1 A = dy viewed transposed, row sums = db
+#pragma once
+
+#include <cstdint>
+
+namespace pylibnn::cpu {
+
+// Element (i, j) is data[i * row_stride + j * col_stride].
+template <typename T>
+struct MatrixView {
+  const T* data;
+  int64_t rows;
+  int64_t cols;
+  int64_t row_stride;
+  int64_t col_stride;
+
+  const T& operator()(int64_t i, int64_t j) const { return data[i * row_stride + j * col_stride]; }
+  MatrixView transposed() const { return {data, cols, rows, col_stride, row_stride}; }
+};
+
+template <typename T>
+struct GemmArgs {
+  MatrixView<T> a;               // (M, K)
+  MatrixView<T> b;               // (K, N)
+  T* c;                          // (M, N), row-major, overwritten
+  int64_t ldc;
+  const T* bias = nullptr;       // (N) added to every row of C, or nullptr
+  int64_t bias_stride = 1;
+  T* a_row_sums = nullptr;       // (M) receives sum_k A(i, k), or nullptr
+};
+
+// The blocked, packed, parallel engine with the selected micro-kernels
+// (or the reference loop when the "reference" path is selected).
+template <typename T>
+void gemm(const GemmArgs<T>& args);
+
+// The naive triple loop: the ground truth the engine is tested against.
+template <typename T>
+void gemm_reference(const GemmArgs<T>& args);
+
+// out[i] = sum_j m(i, j), each row summed in a fixed order (deterministic).
+template <typename T>
+void row_sums(const MatrixView<T>& m, T* out);
+
+}  // namespace pylibnn::cpu

@@ -1,0 +1,263 @@
+// CPU GEMM engine: C (M, N) = A (M, K) @ B (K, N) [+ bias], optional row sums of A.
+//
+// Strategy (GotoBLAS / BLIS): three cache-blocking loops around a register-blocked
+// micro-kernel.
+//   for jc over N in steps of nc        B block (kc x nc) lives in L3
+//     for pc over K in steps of kc      pack B[pc:+kc, jc:+nc] into NR-wide panels (all threads)
+//       tasks = (mc-row blocks of A) x (chunks of the B panels), spread over at::parallel_for
+//         pack A[ic:+mc, pc:+kc] into MR-tall panels (per task, kept in L2)
+//         for each B panel in the chunk, for each A panel: micro-kernel on an MR x NR tile of C
+// Packing reads A and B through their strides (transposed, sliced and stride-0 views alike)
+// and zero-fills the panels past the matrix edge, so the micro-kernel only ever computes
+// full tiles; edge tiles of C are computed into a small buffer and copied out.
+// The bias is added by the micro-kernel when the last kc block is stored (fused epilogue).
+// Row sums of A (grad_bias while packing grad_output^T for grad_weight) are taken from the
+// packed A panels in the first jc pass, by the one task that owns those rows in each pass:
+// every row is summed in the same order on every run, whatever the thread count.
+#include "cpu/gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include "cpu/cpu_isa.h"
+
+namespace pylibnn::cpu {
+namespace {
+
+constexpr int64_t kMaxTileElements = 512;  // largest MR x NR of any micro-kernel set
+constexpr int64_t kCacheLine = 64;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// A 64-byte aligned scratch buffer (packed panels start on a cache line and a zmm boundary).
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t count) {
+    const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(count, 1) * sizeof(T), kCacheLine));
+    data_ = static_cast<T*>(std::aligned_alloc(kCacheLine, bytes));
+    TORCH_CHECK(data_ != nullptr, "pylibnn: out of memory allocating a ", bytes, "-byte GEMM packing buffer");
+  }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* get() const { return data_; }
+
+ private:
+  T* data_;
+};
+
+struct Blocking {
+  int64_t kc;  // depth of one packed block
+  int64_t mc;  // rows of A per task (multiple of MR)
+  int64_t nc;  // columns of B per packed block (multiple of NR)
+};
+
+// Sizes for a Zen 4 class core (32 KiB L1d, 1 MiB L2, a shared L3): a kc x NR panel of B
+// takes about half of L1 while MR x kc panels of A stream past it; an mc x kc block of A
+// takes a quarter of L2; a kc x nc block of B stays in L3.
+template <typename T>
+Blocking blocking_for(const MicroKernel<T>& kernel) {
+  const int64_t elem = sizeof(T);
+  const int64_t kc = std::clamp<int64_t>((16 * 1024) / (kernel.nr * elem), 64, 512) / 8 * 8;
+  const int64_t mc = std::max<int64_t>(1, (256 * 1024) / (kc * elem) / kernel.mr) * kernel.mr;
+  const int64_t nc = std::max<int64_t>(1, 4096 / kernel.nr) * kernel.nr;
+  return {kc, mc, nc};
+}
+
+// Packs A[ic:ic+mc, pc:pc+kc] into MR-row panels, panel[p * MR + i], rows past mc zeroed.
+// When row_sums is given, adds each packed row's sum over this kc block to row_sums[i].
+template <typename T>
+void pack_a_block(const MatrixView<T>& a, int64_t ic, int64_t mc, int64_t pc, int64_t kc, int64_t mr,
+                  T* packed, T* row_sums) {
+  const bool rows_contiguous = a.col_stride <= a.row_stride;
+  for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+    const int64_t rows = std::min(mr, mc - i0);
+    T* panel = packed + i0 * kc;
+    // Walk the operand along its smaller stride so the reads are sequential.
+    if (rows_contiguous) {
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* src = &a(ic + i0 + i, pc);
+        for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = src[p * a.col_stride];
+      }
+    } else {
+      for (int64_t p = 0; p < kc; ++p) {
+        const T* src = &a(ic + i0, pc + p);
+        for (int64_t i = 0; i < rows; ++i) panel[p * mr + i] = src[i * a.row_stride];
+      }
+    }
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t i = rows; i < mr; ++i) panel[p * mr + i] = T(0);
+    if (row_sums) {
+      for (int64_t i = 0; i < rows; ++i) {
+        T sum = 0;
+        for (int64_t p = 0; p < kc; ++p) sum += panel[p * mr + i];
+        row_sums[i0 + i] += sum;
+      }
+    }
+  }
+}
+
+// Packs one NR-column panel of B: panel[p * NR + j] = B(pc + p, j0 + j), columns past N zeroed.
+template <typename T>
+void pack_b_panel(const MatrixView<T>& b, int64_t pc, int64_t kc, int64_t j0, int64_t nr, T* panel) {
+  const int64_t cols = std::min(nr, b.cols - j0);
+  if (b.col_stride <= b.row_stride) {
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* src = &b(pc + p, j0);
+      for (int64_t j = 0; j < cols; ++j) panel[p * nr + j] = src[j * b.col_stride];
+      for (int64_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
+    }
+  } else {
+    for (int64_t j = 0; j < cols; ++j) {
+      const T* src = &b(pc, j0 + j);
+      for (int64_t p = 0; p < kc; ++p) panel[p * nr + j] = src[p * b.row_stride];
+    }
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
+  }
+}
+
+// C = bias (or 0) on every row: the whole product when K == 0.
+template <typename T>
+void fill_with_bias(const GemmArgs<T>& args, int64_t M, int64_t N) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) args.c[i * args.ldc + j] = args.bias ? args.bias[j * args.bias_stride] : T(0);
+}
+
+template <typename T>
+void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
+  const MatrixView<T>& a = args.a;
+  const MatrixView<T>& b = args.b;
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements);
+  if (M == 0) return;
+  if (N == 0 || K == 0) {
+    fill_with_bias(args, M, N);
+    if (args.a_row_sums) row_sums(a, args.a_row_sums);
+    return;
+  }
+  const Blocking blk = blocking_for(kernel);
+  if (args.a_row_sums) std::fill(args.a_row_sums, args.a_row_sums + M, T(0));
+
+  // The bias, contiguous and padded to whole NR tiles, so the micro-kernel's full-width
+  // loads never read past its end.
+  const int64_t n_padded = round_up(N, nr);
+  AlignedBuffer<T> bias_padded(args.bias ? n_padded : 0);
+  if (args.bias) {
+    for (int64_t j = 0; j < N; ++j) bias_padded.get()[j] = args.bias[j * args.bias_stride];
+    std::fill(bias_padded.get() + N, bias_padded.get() + n_padded, T(0));
+  }
+  const T* bias = args.bias ? bias_padded.get() : nullptr;
+
+  AlignedBuffer<T> packed_b(blk.kc * round_up(std::min(N, blk.nc), nr));
+  const int64_t mc_padded = round_up(std::min(M, blk.mc), mr);
+  const int64_t m_blocks = ceil_div(M, blk.mc);
+  // Below this many multiply-adds a thread hand-off costs more than it saves.
+  const bool parallel = M * N * K >= 48 * 48 * 48;
+  const int64_t threads = parallel ? at::get_num_threads() : 1;
+
+  for (int64_t jc = 0; jc < N; jc += blk.nc) {
+    const int64_t nc = std::min(blk.nc, N - jc);
+    const int64_t n_panels = ceil_div(nc, nr);
+    // Split the B panels into chunks so that (row blocks x chunks) keeps every thread busy
+    // even when all of M fits in one row block (thin shapes, M = 1..64).
+    int64_t n_chunks = std::clamp<int64_t>(ceil_div(2 * threads, m_blocks), 1, n_panels);
+    const int64_t panels_per_chunk = ceil_div(n_panels, n_chunks);
+    n_chunks = ceil_div(n_panels, panels_per_chunk);
+    const int64_t tasks = m_blocks * n_chunks;
+
+    for (int64_t pc = 0; pc < K; pc += blk.kc) {
+      const int64_t kc = std::min(blk.kc, K - pc);
+      const bool accumulate = pc > 0;
+      const T* tile_bias_base = (pc + kc == K) ? bias : nullptr;
+      T* row_sums_pass = (jc == 0) ? args.a_row_sums : nullptr;
+
+      at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
+        for (int64_t jp = begin; jp < end; ++jp)
+          pack_b_panel(b, pc, kc, jc + jp * nr, nr, packed_b.get() + jp * nr * kc);
+      });
+
+      at::parallel_for(0, tasks, parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
+        AlignedBuffer<T> packed_a(mc_padded * kc);
+        alignas(kCacheLine) T tile[kMaxTileElements];
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t ic = (task / n_chunks) * blk.mc;
+          const int64_t chunk = task % n_chunks;
+          const int64_t mc = std::min(blk.mc, M - ic);
+          T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
+          pack_a_block(a, ic, mc, pc, kc, mr, packed_a.get(), sums);
+
+          const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+          for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
+            const int64_t j = jc + jp * nr;
+            const int64_t cols = std::min(nr, N - j);
+            const T* b_panel = packed_b.get() + jp * nr * kc;
+            const T* tile_bias = tile_bias_base ? tile_bias_base + j : nullptr;
+            for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+              const int64_t rows = std::min(mr, mc - i0);
+              const T* a_panel = packed_a.get() + i0 * kc;
+              T* c = args.c + (ic + i0) * args.ldc + j;
+              if (rows == mr && cols == nr) {
+                kernel.run(kc, a_panel, b_panel, c, args.ldc, accumulate, tile_bias);
+              } else {
+                kernel.run(kc, a_panel, b_panel, tile, nr, false, tile_bias);
+                for (int64_t r = 0; r < rows; ++r)
+                  for (int64_t q = 0; q < cols; ++q) {
+                    const T value = tile[r * nr + q];
+                    c[r * args.ldc + q] = accumulate ? c[r * args.ldc + q] + value : value;
+                  }
+              }
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void row_sums(const MatrixView<T>& m, T* out) {
+  at::parallel_for(0, m.rows, 1024, [&](int64_t begin, int64_t end) {
+    std::fill(out + begin, out + end, T(0));
+    // Either walk sums each row left to right; pick the one that reads memory sequentially.
+    if (m.col_stride <= m.row_stride) {
+      for (int64_t i = begin; i < end; ++i)
+        for (int64_t j = 0; j < m.cols; ++j) out[i] += m(i, j);
+    } else {
+      for (int64_t j = 0; j < m.cols; ++j)
+        for (int64_t i = begin; i < end; ++i) out[i] += m(i, j);
+    }
+  });
+}
+
+// Products this small cost less than packing them: they take the direct loop, which also
+// rounds like torch's own small matmuls (a multiply and an add per term, in k order).
+constexpr int64_t kDirectPathMaxMultiplyAdds = 4096;
+
+template <typename T>
+void gemm(const GemmArgs<T>& args) {
+  const MicroKernelSet* kernels = selected_microkernels();
+  const int64_t multiply_adds = args.a.rows * args.a.cols * args.b.cols;
+  if (kernels == nullptr || multiply_adds <= kDirectPathMaxMultiplyAdds) return gemm_reference(args);
+  if constexpr (std::is_same_v<T, float>) {
+    gemm_blocked(args, kernels->f32);
+  } else {
+    gemm_blocked(args, kernels->f64);
+  }
+}
+
+template void gemm<float>(const GemmArgs<float>&);
+template void gemm<double>(const GemmArgs<double>&);
+template void row_sums<float>(const MatrixView<float>&, float*);
+template void row_sums<double>(const MatrixView<double>&, double*);
+
+}  // namespace pylibnn::cpu

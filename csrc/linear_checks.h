@@ -1,0 +1,21 @@
+// Argument checks shared by the CPU and CUDA implementations of the pylibnn ops, so that
+// both backends reject the same inputs with the same words. Each failure is a
+// TORCH_CHECK whose message starts with the op name and shows expected vs actual.
+#pragma once
+
+#include <array>
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+namespace pylibnn {
+
+// linear_forward(input (M, K), weight (N, K), bias (N)?)
+void check_linear_forward_args(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias);
+
+// linear_backward(grad_output (M, N), input (M, K), weight (N, K), output_mask)
+void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                const at::Tensor& weight);
+
+}  // namespace pylibnn

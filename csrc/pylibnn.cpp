@@ -1,0 +1,42 @@
+// pylibnn._C: the op schemas (TORCH_LIBRARY) and the small Python module around them
+// (build information, the CPU instruction-set switch). The backends register their
+// implementations in csrc/cpu/linear_cpu.cpp and csrc/cuda/linear_cuda.cu.
+#include <torch/extension.h>
+
+#include "cpu/cpu_isa.h"
+#include "pylibnn_build_config.h"
+
+TORCH_LIBRARY(pylibnn, m) {
+  // y = input @ weight.T + bias;  input (M, K), weight (N, K), bias (N) -> y (M, N)
+  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  // (grad_input (M, K), grad_weight (N, K), grad_bias (N)); gradients whose output_mask
+  // entry is false are returned as empty tensors.
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["cuda"] = static_cast<bool>(PYLIBNN_BUILT_WITH_CUDA);
+  info["cuda_arch_list"] = std::string(PYLIBNN_CUDA_ARCH_LIST);
+  info["torch"] = std::string(PYLIBNN_TORCH_VERSION);
+  pybind11::dict cpu;
+  cpu["compiled"] = pylibnn::cpu::compiled_isas();
+  cpu["supported"] = pylibnn::cpu::supported_isas();
+  cpu["selected"] = pylibnn::cpu::selected_isa();
+  info["cpu_isa"] = cpu;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pylibnn kernels; the ops live in torch.ops.pylibnn";
+  m.def("build_info", &build_info, "What this build of pylibnn was compiled with");
+  m.def("set_cpu_isa", &pylibnn::cpu::select_isa, pybind11::arg("name"),
+        "Forces the CPU GEMM path: 'auto' (best supported), 'avx512', 'avx2', 'portable' or 'reference'");
+  m.def("get_cpu_isa", &pylibnn::cpu::selected_isa, "The CPU GEMM path now in use");
+}

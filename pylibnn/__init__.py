@@ -1,0 +1,14 @@
+"""pylibnn: a drop-in ``nn.Linear`` whose forward and backward run on hand-written kernels.
+
+    import pylibnn
+    layer = pylibnn.Linear(1024, 4096)         # instead of torch.nn.Linear
+    y = pylibnn.linear(x, weight, bias)        # instead of torch.nn.functional.linear
+"""
+
+from . import ops  # noqa: F401  (loads the compiled library and registers the ops)
+from .functional import LinearFunction, linear
+from .modules import Linear
+from .ops import build_info
+
+__version__ = "1.0.0"
+__all__ = ["Linear", "LinearFunction", "linear", "build_info", "__version__"]

@@ -1,0 +1,73 @@
+"""``linear`` and ``LinearFunction``: F.linear's semantics on pylibnn's ops.
+
+Shapes: input (*, K), weight (N, K), bias (N) or None -> output (*, N). The leading
+dimensions of the input are flattened into M for the 2-D ops and restored afterwards.
+"""
+
+import math
+
+import torch
+
+from . import ops
+
+
+def _check_ranks(input, weight):
+    # The ops check everything else (sizes, dtypes, devices) with the same words on CPU and CUDA.
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"pylibnn.linear: expected input and weight to be tensors, "
+                        f"got {type(input).__name__} and {type(weight).__name__}")
+    if input.dim() < 1:
+        raise RuntimeError(f"pylibnn.linear: expected input to have at least 1 dimension (*, K), "
+                           f"but got a 0-D tensor")
+    if weight.dim() != 2:
+        raise RuntimeError(f"pylibnn.linear: expected weight to be 2-D (N, K), but got a "
+                           f"{weight.dim()}-D tensor of shape {list(weight.shape)}")
+
+
+class LinearFunction(torch.autograd.Function):
+    """y = input @ weight.T + bias on pylibnn's kernels, with its backward on them too.
+
+    ``LinearFunction.apply(input, weight, bias)`` accepts what ``pylibnn.linear`` accepts.
+    Only the tensors the requested gradients need are saved: the weight for grad_input,
+    the input for grad_weight, neither for grad_bias.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias=None):
+        _check_ranks(input, weight)
+        leading_shape = input.shape[:-1]
+        # An explicit row count, not -1: reshape cannot infer it when K == 0.
+        input_2d = input.reshape(math.prod(leading_shape), input.size(-1))
+        output = ops.linear_forward(input_2d, weight, bias)
+
+        needs_input_grad, needs_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(input_2d if needs_weight_grad else None,
+                              weight if needs_input_grad else None)
+        ctx.input_shape = input.shape
+        ctx.input_2d_shape = input_2d.shape
+        ctx.weight_shape = weight.shape
+        return output.reshape(*leading_shape, weight.size(0))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input_2d, weight = ctx.saved_tensors
+        output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                       len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2]]
+        if not any(output_mask):
+            return None, None, None
+        grad_output_2d = grad_output.reshape(ctx.input_2d_shape[0], ctx.weight_shape[0])
+        # The backward op takes input and weight for their shapes even when a gradient does
+        # not read them; an unsaved one travels as a stride-0 view that owns no memory.
+        if input_2d is None:
+            input_2d = grad_output_2d.new_zeros(()).expand(ctx.input_2d_shape)
+        if weight is None:
+            weight = grad_output_2d.new_zeros(()).expand(ctx.weight_shape)
+        grad_input, grad_weight, grad_bias = ops.linear_backward(grad_output_2d, input_2d, weight, output_mask)
+        return (grad_input.reshape(ctx.input_shape) if output_mask[0] else None,
+                grad_weight if output_mask[1] else None,
+                grad_bias if output_mask[2] else None)
+
+
+def linear(input, weight, bias=None):
+    """``torch.nn.functional.linear`` on pylibnn's kernels: input (*, K), weight (N, K), bias (N)."""
+    return LinearFunction.apply(input, weight, bias)

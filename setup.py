@@ -1,0 +1,207 @@
+"""Build pylibnn._C: hand-written dense-layer kernels as a torch extension.
+
+    pip install --no-build-isolation .        (or -e . for development)
+
+Environment switches (all optional):
+    PYLIBNN_CUDA=1|0        force the CUDA kernels on (fail if they cannot be built) or off;
+                            unset: build them when a CUDA toolkit and a CUDA torch are present
+    CUDA_HOME               the toolkit root, when it cannot be found from nvcc
+    TORCH_CUDA_ARCH_LIST    GPU architectures; default: the visible GPU's, else "8.0;9.0+PTX"
+    PYLIBNN_DEBUG=1         -O0 -g, for debugging
+    MAX_JOBS                parallel compile jobs (ninja)
+"""
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def log(message):
+    print(f"pylibnn setup: {message}", file=sys.stderr)
+
+
+def env_switch(name):
+    """Reads a tri-state switch: True, False, or None when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise SystemExit(f"pylibnn setup: {name}={value!r}: expected 1/0/on/off/true/false/auto")
+
+
+def is_cuda_root(path):
+    """A real toolkit root holds the runtime header and the runtime library."""
+    if not path:
+        return False
+    root = Path(path)
+    has_header = (root / "include" / "cuda_runtime.h").is_file()
+    lib_dirs = [root / "lib64", root / "lib", root / "targets" / f"{platform.machine()}-linux" / "lib"]
+    has_runtime = any(any(d.glob("libcudart.so*")) for d in lib_dirs if d.is_dir())
+    return has_header and has_runtime and (root / "bin" / "nvcc").exists()
+
+
+def nvcc_reported_root():
+    """nvcc may be a wrapper script outside the toolkit; its dry run names its real bin dir."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    return str(Path(match.group(1).strip()).parent) if match else None
+
+
+def find_cuda_root():
+    """Returns (root or None, the candidates tried)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), nvcc_reported_root()]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    candidates.append("/usr/local/cuda")
+    candidates = [c for c in dict.fromkeys(candidates) if c]
+    for candidate in candidates:
+        if is_cuda_root(candidate):
+            return str(Path(candidate).resolve()), candidates
+    return None, candidates
+
+
+def decide_cuda():
+    """Decides whether to compile the CUDA sources; sets CUDA_HOME before torch reads it."""
+    forced = env_switch("PYLIBNN_CUDA")
+    if forced is False:
+        return False, "off (PYLIBNN_CUDA=0)"
+    root, tried = find_cuda_root()
+    # torch.utils.cpp_extension reads CUDA_HOME once, at import: set it first.
+    if root:
+        os.environ["CUDA_HOME"] = root
+    import torch  # noqa: E402  (after CUDA_HOME is settled)
+
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is not a CUDA build")
+    if root is None:
+        problems.append("no CUDA toolkit root (with include/cuda_runtime.h, libcudart and bin/nvcc) "
+                        f"among {tried}; set CUDA_HOME")
+    if problems:
+        if forced:
+            raise SystemExit("pylibnn setup: PYLIBNN_CUDA=1 but the CUDA kernels cannot be built: "
+                             + "; ".join(problems))
+        return False, "off (" + "; ".join(problems) + ")"
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+    return True, f"on (CUDA_HOME={root})"
+
+
+def cpu_isa_sources():
+    """Micro-kernels compiled once per instruction set, each with its own flags."""
+    machine = platform.machine().lower()
+    kernels = [("portable", "csrc/cpu/gemm_microkernel_portable.cpp", [])]
+    if machine in ("x86_64", "amd64"):
+        kernels += [
+            ("avx2", "csrc/cpu/gemm_microkernel_avx2.cpp", ["-mavx2", "-mfma"]),
+            ("avx512", "csrc/cpu/gemm_microkernel_avx512.cpp",
+             ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]),
+        ]
+    return kernels
+
+
+def write_build_config(directory, with_cuda, isas):
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPU") if with_cuda else ""
+    lines = [
+        "// Generated by setup.py at build time; do not edit.",
+        "#pragma once",
+        f"#define PYLIBNN_BUILT_WITH_CUDA {1 if with_cuda else 0}",
+        f'#define PYLIBNN_CUDA_ARCH_LIST "{arch_list}"',
+        f'#define PYLIBNN_TORCH_VERSION "{torch.__version__}"',
+        f'#define PYLIBNN_COMPILED_CPU_ISAS "{",".join(isas)}"',
+    ]
+    lines += [f"#define PYLIBNN_HAVE_{isa.upper()} 1" for isa in isas]
+    path = directory / "pylibnn_build_config.h"
+    text = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def make_extension():
+    with_cuda, cuda_reason = decide_cuda()
+    log(f"CUDA kernels {cuda_reason}")
+
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    debug = env_switch("PYLIBNN_DEBUG")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    isa_kernels = cpu_isa_sources()
+    config_dir = ROOT / "build" / "generated"
+    write_build_config(config_dir, with_cuda, [name for name, _, _ in isa_kernels])
+
+    sources = [
+        "csrc/pylibnn.cpp",
+        "csrc/linear_checks.cpp",
+        "csrc/cpu/linear_cpu.cpp",
+        "csrc/cpu/gemm_engine.cpp",
+        "csrc/cpu/gemm_reference.cpp",
+        "csrc/cpu/cpu_isa.cpp",
+    ]
+    cxx_flags = opt + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
+    extra_compile_args = {"cxx": cxx_flags}
+    include_dirs = [str(ROOT / "csrc"), str(config_dir)]
+    if with_cuda:
+        sources += ["csrc/cuda/linear_cuda.cu"]
+        extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        extension_type = CUDAExtension
+    else:
+        extension_type = CppExtension
+
+    extension = extension_type(
+        name="pylibnn._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        extra_compile_args=extra_compile_args,
+        define_macros=[("PYLIBNN_WITH_CUDA", "1" if with_cuda else "0")],
+    )
+
+    class BuildWithIsaKernels(BuildExtension):
+        """Compiles each ISA's micro-kernel file with its own flags, then links all objects.
+
+        setuptools applies one flag set to an Extension's sources; the micro-kernels need
+        -mavx512f / -mavx2 for their file alone, so that nothing else in the library may
+        use those instructions on a CPU that lacks them."""
+
+        def build_extension(self, ext):
+            for name, source, flags in isa_kernels:
+                objects = self.compiler.compile(
+                    [source],
+                    output_dir=os.path.join(self.build_temp, "isa_" + name),
+                    include_dirs=include_dirs,
+                    extra_postargs={"cxx": opt + ["-fvisibility=hidden", "-Wall"] + flags},
+                )
+                ext.extra_objects = list(ext.extra_objects or []) + objects
+            super().build_extension(ext)
+
+    return extension, BuildWithIsaKernels.with_options(use_ninja=True)
+
+
+extension, build_ext_class = make_extension()
+
+setup(
+    packages=find_packages(include=["pylibnn", "pylibnn.*"]),
+    ext_modules=[extension],
+    cmdclass={"build_ext": build_ext_class},
+)
