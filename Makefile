@@ -1,0 +1,35 @@
+# pylibnn: everything a newcomer runs goes through here, each target doing its own set-up
+# (virtual environment in .venv, torch==2.14.1, compilation of the extension).
+#   make demo    train the tutorial network on pylibnn's kernels beside the pure-torch reference
+#   make test    run the test suite
+#   make bench   run the CPU benchmark suite (results under benchmarks/results/)
+
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+TORCH_VERSION ?= 2.14.1
+
+.PHONY: demo test bench build clean
+
+# The environment: made once, remade when this Makefile changes.
+$(VENV)/.deps-installed: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest hypothesis
+	touch $@
+
+# Compiles pylibnn._C in place (ninja rebuilds only what changed).
+build: $(VENV)/.deps-installed
+	$(VPY) -m pip install --quiet --no-build-isolation -e .
+
+demo: build
+	$(VPY) -m pylibnn
+
+test: build
+	$(VPY) -m pytest
+
+bench: build
+	$(VPY) -m pip install --quiet matplotlib
+	$(VPY) benchmarks/bench_linear.py
+
+clean:
+	rm -rf build pylibnn/_C*.so *.egg-info
