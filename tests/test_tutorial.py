@@ -1,0 +1,75 @@
+"""The tutorial's training run: pylibnn's network against the pure-torch reference network,
+and the ``python -m pylibnn`` main job."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pylibnn
+from pylibnn import reference
+from conftest import DEVICES, TUTORIAL_RTOL, requires_cuda
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def _test_losses_match_reference(device, seed, dtype):
+    ref_losses, our_losses, scratch, net = reference.train_both(seed=seed, device=device, dtype=dtype)
+    assert len(ref_losses) == len(our_losses) == reference.ITERATIONS
+    for epoch, (ref, ours) in enumerate(zip(ref_losses, our_losses), start=1):
+        assert abs(ours - ref) <= TUTORIAL_RTOL * abs(ref), (
+            f"seed {seed}, epoch {epoch}: pylibnn loss {ours!r} vs reference {ref!r}")
+    # The run really trains (a run that never updates would also "agree" at epoch 1 only).
+    assert our_losses[-1] < 0.5 * our_losses[0]
+    # And the two networks end with the same parameters (scratch stores w as (in, out)).
+    pairs = [(scratch.w1, scratch.b1), (scratch.w2, scratch.b2), (scratch.w_out, scratch.b_out)]
+    for layer, (w, b) in zip(net, pairs):
+        torch.testing.assert_close(layer.weight.detach(), w.detach().t(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.bias.detach(), b.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")])
+@pytest.mark.parametrize("seed", SEEDS, ids=[f"seed{s}" for s in SEEDS])
+def test_losses_match_reference_cpu(seed, dtype):
+    _test_losses_match_reference("cpu", seed, dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")])
+@pytest.mark.parametrize("seed", SEEDS, ids=[f"seed{s}" for s in SEEDS])
+def test_losses_match_reference_cuda(seed, dtype):
+    _test_losses_match_reference("cuda", seed, dtype)
+
+
+def test_copy_weights_gives_identical_forward():
+    generator = torch.Generator().manual_seed(7)
+    scratch = reference.ScratchNet(generator=generator)
+    net = reference.copy_weights(scratch, reference.pylibnn_net())
+    with torch.no_grad():
+        torch.testing.assert_close(net(reference.X), scratch(reference.X), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_main_job_exits_zero_and_prints_the_table(device):
+    result = subprocess.run([sys.executable, "-m", "pylibnn", "--device", device],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if "reference loss" in line and "pylibnn loss" in line]
+    assert header, f"no loss table in:\n{result.stdout}"
+    rows = [line.split() for line in lines[header[0] + 1:] if line.split() and line.split()[0].isdigit()]
+    # 200 iterations, a row every 10 epochs: epochs 1, 11, ..., 191.
+    assert [int(row[0]) for row in rows] == list(range(1, reference.ITERATIONS + 1, 10))
+    for row in rows:
+        ref, ours = float(row[1]), float(row[2])
+        assert abs(ours - ref) <= TUTORIAL_RTOL * abs(ref) + 1e-8, row  # +1e-8: the table prints 8 decimals
+    assert "OK" in result.stdout
+
+
+def test_main_job_rejects_cuda_without_cuda_kernels():
+    if torch.cuda.is_available() and pylibnn.build_info()["cuda"]:
+        pytest.skip("this build has CUDA kernels and a GPU: --device cuda is valid here")
+    result = subprocess.run([sys.executable, "-m", "pylibnn", "--device", "cuda"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
