@@ -154,6 +154,7 @@ def make_extension():
     sources = [
         "csrc/pylibnn.cpp",
         "csrc/linear_checks.cpp",
+        "csrc/linear_autograd.cpp",
         "csrc/cpu/linear_cpu.cpp",
         "csrc/cpu/gemm_engine.cpp",
         "csrc/cpu/gemm_reference.cpp",

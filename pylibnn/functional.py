@@ -69,5 +69,15 @@ class LinearFunction(torch.autograd.Function):
 
 
 def linear(input, weight, bias=None):
-    """``torch.nn.functional.linear`` on pylibnn's kernels: input (*, K), weight (N, K), bias (N)."""
-    return LinearFunction.apply(input, weight, bias)
+    """``torch.nn.functional.linear`` on pylibnn's kernels: input (*, K), weight (N, K), bias (N).
+
+    Differentiable through the op's own (C++) autograd, whose backward is the same
+    ``linear_backward`` op that ``LinearFunction`` calls.
+    """
+    _check_ranks(input, weight)
+    if input.dim() == 2:
+        return ops.linear_forward(input, weight, bias)
+    leading_shape = input.shape[:-1]
+    # An explicit row count, not -1: reshape cannot infer it when K == 0.
+    output = ops.linear_forward(input.reshape(math.prod(leading_shape), input.size(-1)), weight, bias)
+    return output.reshape(*leading_shape, weight.size(0))

@@ -17,7 +17,9 @@
 #include "cpu/gemm.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <numeric>
 #include <type_traits>
 
 #include <ATen/Parallel.h>
@@ -67,6 +69,10 @@ Blocking blocking_for(const MicroKernel<T>& kernel) {
   const int64_t kc = std::clamp<int64_t>((16 * 1024) / (kernel.nr * elem), 64, 512) / 8 * 8;
   const int64_t mc = std::max<int64_t>(1, (256 * 1024) / (kc * elem) / kernel.mr) * kernel.mr;
   const int64_t nc = std::max<int64_t>(1, 4096 / kernel.nr) * kernel.nr;
+  if (const char* e = std::getenv("PYLIBNN_TUNE")) {  // TEMPORARY tuning hook: "kc,mc,nc"
+    long k, m, n;
+    if (std::sscanf(e, "%ld,%ld,%ld", &k, &m, &n) == 3) return {k, std::max<int64_t>(1, m / kernel.mr) * kernel.mr, std::max<int64_t>(1, n / kernel.nr) * kernel.nr};
+  }
   return {kc, mc, nc};
 }
 
@@ -130,6 +136,59 @@ void fill_with_bias(const GemmArgs<T>& args, int64_t M, int64_t N) {
     for (int64_t j = 0; j < N; ++j) args.c[i * args.ldc + j] = args.bias ? args.bias[j * args.bias_stride] : T(0);
 }
 
+// The bias, contiguous and padded to whole tiles of `multiple` columns, so that full-width
+// vector loads in the micro-kernels never read past its end.
+template <typename T>
+class PaddedBias {
+ public:
+  PaddedBias(const GemmArgs<T>& args, int64_t N, int64_t multiple) : buffer_(args.bias ? round_up(N, multiple) : 0) {
+    if (!args.bias) return;
+    const int64_t padded = round_up(N, multiple);
+    for (int64_t j = 0; j < N; ++j) buffer_.get()[j] = args.bias[j * args.bias_stride];
+    std::fill(buffer_.get() + N, buffer_.get() + padded, T(0));
+    data_ = buffer_.get();
+  }
+  const T* get() const { return data_; }
+
+ private:
+  AlignedBuffer<T> buffer_;
+  const T* data_ = nullptr;
+};
+
+// Below this many multiply-adds a thread hand-off costs more than it saves.
+constexpr int64_t kParallelMinMultiplyAdds = 48 * 48 * 48;
+
+// Thin products with both operands contiguous along k (the forward x @ W^T for a few rows
+// of x): dot products straight from the operands. Packing W would cost as much as the
+// arithmetic when so few rows of x reuse each of its elements.
+template <typename T>
+void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
+  const MatrixView<T>& a = args.a;
+  const MatrixView<T>& b = args.b;
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  // An nr x kc tile of B^T (16 KiB) stays in L1 while every row of A passes over it.
+  const int64_t kc = (16 * 1024) / (nr * static_cast<int64_t>(sizeof(T)));
+  const PaddedBias<T> bias(args, N, nr);
+  const int64_t n_tiles = ceil_div(N, nr);
+  const bool parallel = M * N * K >= kParallelMinMultiplyAdds;
+
+  at::parallel_for(0, n_tiles, parallel ? 1 : n_tiles, [&](int64_t begin, int64_t end) {
+    for (int64_t jt = begin; jt < end; ++jt) {
+      const int64_t j = jt * nr;
+      const int64_t cols = std::min(nr, N - j);
+      for (int64_t pc = 0; pc < K; pc += kc) {
+        const int64_t depth = std::min(kc, K - pc);
+        const T* tile_bias = (bias.get() && pc + depth == K) ? bias.get() + j : nullptr;
+        for (int64_t i = 0; i < M; i += mr) {
+          kernel.run(depth, &a(i, pc), a.row_stride, &b(pc, j), b.col_stride, args.c + i * args.ldc + j, args.ldc,
+                     std::min(mr, M - i), cols, pc > 0, tile_bias);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
   const MatrixView<T>& a = args.a;
@@ -137,38 +196,31 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
   const int64_t M = a.rows, K = a.cols, N = b.cols;
   const int64_t mr = kernel.mr, nr = kernel.nr;
   TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements);
-  if (M == 0) return;
-  if (N == 0 || K == 0) {
-    fill_with_bias(args, M, N);
-    if (args.a_row_sums) row_sums(a, args.a_row_sums);
-    return;
-  }
   const Blocking blk = blocking_for(kernel);
   if (args.a_row_sums) std::fill(args.a_row_sums, args.a_row_sums + M, T(0));
+  const PaddedBias<T> bias(args, N, nr);
 
-  // The bias, contiguous and padded to whole NR tiles, so the micro-kernel's full-width
-  // loads never read past its end.
-  const int64_t n_padded = round_up(N, nr);
-  AlignedBuffer<T> bias_padded(args.bias ? n_padded : 0);
-  if (args.bias) {
-    for (int64_t j = 0; j < N; ++j) bias_padded.get()[j] = args.bias[j * args.bias_stride];
-    std::fill(bias_padded.get() + N, bias_padded.get() + n_padded, T(0));
-  }
-  const T* bias = args.bias ? bias_padded.get() : nullptr;
-
-  AlignedBuffer<T> packed_b(blk.kc * round_up(std::min(N, blk.nc), nr));
-  const int64_t mc_padded = round_up(std::min(M, blk.mc), mr);
-  const int64_t m_blocks = ceil_div(M, blk.mc);
-  // Below this many multiply-adds a thread hand-off costs more than it saves.
-  const bool parallel = M * N * K >= 48 * 48 * 48;
+  const bool parallel = M * N * K >= kParallelMinMultiplyAdds;
   const int64_t threads = parallel ? at::get_num_threads() : 1;
+  // Row blocks of (nearly) equal height, as many as a multiple of the thread count when
+  // M needs several, so that no thread waits on another's extra block.
+  int64_t m_blocks = ceil_div(M, blk.mc);
+  if (m_blocks > 1) m_blocks = round_up(m_blocks, threads);
+  const int64_t mc_step = round_up(ceil_div(M, m_blocks), mr);
+  m_blocks = ceil_div(M, mc_step);
+  // With a single row block every element of B is used once per pass: packing it would
+  // cost as much as using it. Where B's rows are contiguous the micro-kernel reads B in
+  // place, and only a partial last panel (fewer than NR columns) is packed.
+  const bool b_in_place = m_blocks == 1 && b.col_stride == 1;
+  AlignedBuffer<T> packed_b(b_in_place ? 0 : blk.kc * round_up(std::min(N, blk.nc), nr));
 
   for (int64_t jc = 0; jc < N; jc += blk.nc) {
     const int64_t nc = std::min(blk.nc, N - jc);
     const int64_t n_panels = ceil_div(nc, nr);
-    // Split the B panels into chunks so that (row blocks x chunks) keeps every thread busy
-    // even when all of M fits in one row block (thin shapes, M = 1..64).
-    int64_t n_chunks = std::clamp<int64_t>(ceil_div(2 * threads, m_blocks), 1, n_panels);
+    // Split the B panels into chunks so that (row blocks x chunks) is a multiple of the
+    // thread count: every thread stays busy even when all of M fits in one row block
+    // (thin shapes, M = 1..64).
+    int64_t n_chunks = std::clamp<int64_t>(threads / std::gcd(m_blocks, threads), 1, n_panels);
     const int64_t panels_per_chunk = ceil_div(n_panels, n_chunks);
     n_chunks = ceil_div(n_panels, panels_per_chunk);
     const int64_t tasks = m_blocks * n_chunks;
@@ -176,21 +228,24 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
     for (int64_t pc = 0; pc < K; pc += blk.kc) {
       const int64_t kc = std::min(blk.kc, K - pc);
       const bool accumulate = pc > 0;
-      const T* tile_bias_base = (pc + kc == K) ? bias : nullptr;
+      const T* tile_bias_base = (pc + kc == K) ? bias.get() : nullptr;
       T* row_sums_pass = (jc == 0) ? args.a_row_sums : nullptr;
 
-      at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
-        for (int64_t jp = begin; jp < end; ++jp)
-          pack_b_panel(b, pc, kc, jc + jp * nr, nr, packed_b.get() + jp * nr * kc);
-      });
+      if (!b_in_place) {
+        at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
+          for (int64_t jp = begin; jp < end; ++jp)
+            pack_b_panel(b, pc, kc, jc + jp * nr, nr, packed_b.get() + jp * nr * kc);
+        });
+      }
 
       at::parallel_for(0, tasks, parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
-        AlignedBuffer<T> packed_a(mc_padded * kc);
+        AlignedBuffer<T> packed_a(mc_step * kc);
+        AlignedBuffer<T> edge_panel(b_in_place ? kc * nr : 0);
         alignas(kCacheLine) T tile[kMaxTileElements];
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t ic = (task / n_chunks) * blk.mc;
+          const int64_t ic = (task / n_chunks) * mc_step;
           const int64_t chunk = task % n_chunks;
-          const int64_t mc = std::min(blk.mc, M - ic);
+          const int64_t mc = std::min(mc_step, M - ic);
           T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
           pack_a_block(a, ic, mc, pc, kc, mr, packed_a.get(), sums);
 
@@ -199,15 +254,23 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
             const int64_t j = jc + jp * nr;
             const int64_t cols = std::min(nr, N - j);
             const T* b_panel = packed_b.get() + jp * nr * kc;
+            int64_t ldb = nr;
+            if (b_in_place && cols == nr) {
+              b_panel = &b(pc, j);
+              ldb = b.row_stride;
+            } else if (b_in_place) {
+              pack_b_panel(b, pc, kc, j, nr, edge_panel.get());
+              b_panel = edge_panel.get();
+            }
             const T* tile_bias = tile_bias_base ? tile_bias_base + j : nullptr;
             for (int64_t i0 = 0; i0 < mc; i0 += mr) {
               const int64_t rows = std::min(mr, mc - i0);
               const T* a_panel = packed_a.get() + i0 * kc;
               T* c = args.c + (ic + i0) * args.ldc + j;
               if (rows == mr && cols == nr) {
-                kernel.run(kc, a_panel, b_panel, c, args.ldc, accumulate, tile_bias);
+                kernel.run(kc, a_panel, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
               } else {
-                kernel.run(kc, a_panel, b_panel, tile, nr, false, tile_bias);
+                kernel.run(kc, a_panel, b_panel, ldb, tile, nr, false, tile_bias);
                 for (int64_t r = 0; r < rows; ++r)
                   for (int64_t q = 0; q < cols; ++q) {
                     const T value = tile[r * nr + q];
@@ -242,16 +305,31 @@ void row_sums(const MatrixView<T>& m, T* out) {
 // Products this small cost less than packing them: they take the direct loop, which also
 // rounds like torch's own small matmuls (a multiply and an add per term, in k order).
 constexpr int64_t kDirectPathMaxMultiplyAdds = 4096;
+// The dot path pays off while few rows of A share each element of B, and while k is long
+// enough to amortize the horizontal sums of its accumulators.
+constexpr int64_t kDotPathMaxRows = 16;
+constexpr int64_t kDotPathMinDepth = 64;
 
 template <typename T>
 void gemm(const GemmArgs<T>& args) {
+  const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
   const MicroKernelSet* kernels = selected_microkernels();
-  const int64_t multiply_adds = args.a.rows * args.a.cols * args.b.cols;
-  if (kernels == nullptr || multiply_adds <= kDirectPathMaxMultiplyAdds) return gemm_reference(args);
+  if (kernels == nullptr || M * N * K <= kDirectPathMaxMultiplyAdds) return gemm_reference(args);
+  if (M == 0) return;
+  if (N == 0 || K == 0) {
+    fill_with_bias(args, M, N);
+    if (args.a_row_sums) row_sums(args.a, args.a_row_sums);
+    return;
+  }
+  const bool operands_contiguous_along_k = args.a.col_stride == 1 && args.b.row_stride == 1;
+  const bool dot_path = operands_contiguous_along_k && args.a_row_sums == nullptr && M <= kDotPathMaxRows &&
+                        K >= kDotPathMinDepth;
   if constexpr (std::is_same_v<T, float>) {
-    gemm_blocked(args, kernels->f32);
+    if (!dot_path) return gemm_blocked(args, kernels->f32);
+    gemm_dot(args, M < kernels->dot_f32.mr ? kernels->dot_row_f32 : kernels->dot_f32);
   } else {
-    gemm_blocked(args, kernels->f64);
+    if (!dot_path) return gemm_blocked(args, kernels->f64);
+    gemm_dot(args, M < kernels->dot_f64.mr ? kernels->dot_row_f64 : kernels->dot_f64);
   }
 }
 

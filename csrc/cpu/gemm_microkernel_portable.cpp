@@ -1,12 +1,14 @@
 // Portable micro-kernels: plain C++ for any CPU (the compiler vectorizes with the
-// baseline instruction set, SSE2 on x86-64). 4 x 8 tile for both dtypes.
+// baseline instruction set, SSE2 on x86-64).
+//   broadcast: 4 x 8 tile;  dot (thin forward): 2 x 4 tile of scalar dot products
 #include "gemm_microkernels.h"
 
 namespace pylibnn::cpu {
 namespace {
 
 template <typename T, int MR, int NR>
-void microkernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, bool accumulate, const T* bias) {
+void broadcast_kernel(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate,
+                      const T* bias) {
   T acc[MR][NR] = {};
   for (int64_t p = 0; p < kc; ++p) {
     for (int i = 0; i < MR; ++i) {
@@ -14,15 +16,30 @@ void microkernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, bool acc
       for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
     }
     a += MR;
-    b += NR;
+    b += ldb;
   }
   for (int i = 0; i < MR; ++i) {
     T* ci = c + i * ldc;
     for (int j = 0; j < NR; ++j) {
-      T out = acc[i][j] + (bias ? bias[j] : T(0));
+      const T out = bias ? acc[i][j] + bias[j] : acc[i][j];
       ci[j] = accumulate ? ci[j] + out : out;
     }
   }
+}
+
+template <typename T, int MR, int NR>
+void dot_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t rows,
+                int64_t cols, bool accumulate, const T* bias) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const T* ai = a + i * lda;
+      const T* bj = b + j * ldb;
+      T sum = 0;
+      for (int64_t p = 0; p < kc; ++p) sum += ai[p] * bj[p];
+      const T value = bias ? sum + bias[j] : sum;
+      T* cij = c + i * ldc + j;
+      *cij = accumulate ? *cij + value : value;
+    }
 }
 
 }  // namespace
@@ -30,8 +47,12 @@ void microkernel(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, bool acc
 MicroKernelSet microkernels_portable() {
   return MicroKernelSet{
       "portable",
-      MicroKernel<float>{4, 8, &microkernel<float, 4, 8>},
-      MicroKernel<double>{4, 8, &microkernel<double, 4, 8>},
+      MicroKernel<float>{4, 8, &broadcast_kernel<float, 4, 8>},
+      MicroKernel<double>{4, 8, &broadcast_kernel<double, 4, 8>},
+      DotKernel<float>{2, 4, &dot_kernel<float, 2, 4>},
+      DotKernel<double>{2, 4, &dot_kernel<double, 2, 4>},
+      DotKernel<float>{1, 4, &dot_kernel<float, 1, 4>},
+      DotKernel<double>{1, 4, &dot_kernel<double, 1, 4>},
   };
 }
 

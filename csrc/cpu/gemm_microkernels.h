@@ -1,11 +1,17 @@
 // Register-blocked GEMM micro-kernels, one set per instruction set.
 //
-// A micro-kernel computes one MR x NR tile of C from packed panels:
-//   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a_panel[p * MR + i] * b_panel[p * NR + j]
+// Broadcast kernel: one MR x NR tile of C from an MR-row packed panel of A and kc rows of B:
+//   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a_panel[p * MR + i] * b[p * ldb + j]
 //                    + (bias ? bias[j] : 0)                  for i < MR, j < NR, p < kc
-// a_panel is an MR-row micro-panel of A packed column by column (MR values per k step),
-// b_panel a kc x NR micro-panel of B packed row by row; both are zero-padded by the packer,
-// so the kernel never sees a partial tile. The engine (gemm_engine.cpp) owns everything else.
+// a_panel is packed column by column (MR values per k step) and zero-padded by the packer,
+// so the kernel never sees a partial tile. b is either a packed kc x NR panel (ldb = NR)
+// or B itself when its rows are contiguous (ldb = its row stride) and NR columns exist.
+//
+// Dot kernel, for thin products whose operands are both contiguous along k (the forward
+// x @ W^T with few rows of x): one rows x cols tile (rows <= MR, cols <= NR) of
+//   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a[i * lda + p] * b[j * ldb + p]
+//                    + (bias ? bias[j] : 0)
+// read straight from the operands, vectorized along k, with no packing at all.
 //
 // Each set lives in its own translation unit compiled with its own -m flags
 // (gemm_microkernel_{avx512,avx2,portable}.cpp). This header is the only one they share
@@ -18,7 +24,7 @@
 namespace pylibnn::cpu {
 
 template <typename T>
-using MicroKernelFn = void (*)(int64_t kc, const T* a_panel, const T* b_panel, T* c, int64_t ldc,
+using MicroKernelFn = void (*)(int64_t kc, const T* a_panel, const T* b, int64_t ldb, T* c, int64_t ldc,
                                bool accumulate, const T* bias);
 
 template <typename T>
@@ -28,10 +34,25 @@ struct MicroKernel {
   MicroKernelFn<T> run;
 };
 
+template <typename T>
+using DotKernelFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+                             int64_t rows, int64_t cols, bool accumulate, const T* bias);
+
+template <typename T>
+struct DotKernel {
+  int64_t mr;  // rows of A (and C) per tile
+  int64_t nr;  // rows of B^T (columns of C) per tile
+  DotKernelFn<T> run;
+};
+
 struct MicroKernelSet {
   const char* isa;
   MicroKernel<float> f32;
   MicroKernel<double> f64;
+  DotKernel<float> dot_f32;       // several rows of A per tile
+  DotKernel<double> dot_f64;
+  DotKernel<float> dot_row_f32;   // one row of A per tile, for M < dot.mr (e.g. a single input)
+  DotKernel<double> dot_row_f64;
 };
 
 MicroKernelSet microkernels_portable();
