@@ -1,0 +1,717 @@
+"""Benchmark pylibnn.linear against torch.nn.functional.linear (and numpy on the CPU).
+
+    python benchmarks/bench_linear.py                    # full CPU suite (~10 min here)
+    python benchmarks/bench_linear.py --quick            # subset, under ~2 minutes
+    python benchmarks/bench_linear.py --device cuda --quick --out benchmarks/results/gpu
+
+Contract (shared/DESIGN.md, "Benchmark contract"): all implementations side by side in one
+process; for every shape x mode x dtype the repeats are interleaved (round-robin over the
+implementations, starting order rotated each repeat) and the median per-call time is
+reported. Each sample loops the call enough times to last >= --min-sample-ms, so small ops
+are timed over many calls; the per-call time is the sample divided by the loop count.
+
+Modes:
+    forward      y = f(x, w, b)                              2*M*N*K flops
+    fwd+bwd      y = f(x, w, b); y.backward(g), x/w/b leaves  6*M*N*K flops
+                 numpy: y = x @ w.T + b; dx = g @ w; dW = g.T @ x; db = g.sum(0)
+
+Ceiling: an FMA probe (benchmarks/fma_probe.c, compiled at run time with gcc, independent
+FMA chains in registers on every core) measures the machine's fp32 and fp64 peak; without a
+compiler, numpy's best measured GFLOP/s stands in (the report says which). On CUDA the
+ceiling is the best torch.mm (cuBLAS) GFLOP/s at 4096/8192, labelled as such.
+
+Outputs in --out (default benchmarks/results/): linear_<device>[_quick].csv, .md, .png.
+"""
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+try:
+    import pylibnn
+except Exception as exc:  # noqa: BLE001  (report, and still benchmark the peers)
+    pylibnn = None
+    PYLIBNN_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    PYLIBNN_IMPORT_ERROR = None
+
+MODES = ("forward", "fwd+bwd")
+FLOPS_PER_MNK = {"forward": 2, "fwd+bwd": 6}
+
+# (label, family, M, K, N): x (M, K), weight (N, K), y (M, N)
+ALL_SHAPES = [
+    ("sq256", "square", 256, 256, 256),
+    ("sq512", "square", 512, 512, 512),
+    ("sq1024", "square", 1024, 1024, 1024),
+    ("sq2048", "square", 2048, 2048, 2048),
+    ("xfmr_4096x1024->4096", "transformer", 4096, 1024, 4096),
+    ("xfmr_4096x4096->1024", "transformer", 4096, 4096, 1024),
+    ("thin_M1", "thin", 1, 4096, 4096),
+    ("thin_M8", "thin", 8, 4096, 4096),
+    ("thin_M64", "thin", 64, 4096, 4096),
+    ("tut_4x1->3", "tutorial", 4, 1, 3),
+    ("tut_4x3->3", "tutorial", 4, 3, 3),
+    ("tut_4x3->2", "tutorial", 4, 3, 2),
+    ("mnk64", "small", 64, 64, 64),
+]
+QUICK_SHAPES = {"sq256", "sq512", "sq1024", "thin_M1", "thin_M64", "tut_4x3->3", "mnk64"}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- machine
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info(device):
+    info = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu_model(),
+        "cores": usable_cores(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "loadavg_start": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+    }
+    if pylibnn is not None:
+        try:
+            root = Path(pylibnn.__file__).resolve().parent
+            rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+            so = Path(pylibnn._C.__file__)
+            built = datetime.datetime.fromtimestamp(so.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+            info["pylibnn_build"] = f"git {rev or '?'}, _C built {built}"
+        except Exception as exc:  # noqa: BLE001
+            info["pylibnn_build"] = f"unknown ({exc})"
+        try:
+            bi = pylibnn.build_info()
+            info["pylibnn_isa"] = bi["cpu_isa"]["selected"]
+            info["pylibnn_cuda"] = bi["cuda"]
+            info["pylibnn_cuda_arch"] = bi.get("cuda_arch_list", "")
+        except Exception as exc:  # noqa: BLE001
+            info["pylibnn_isa"] = f"build_info failed: {exc}"
+    else:
+        info["pylibnn_isa"] = f"import failed: {PYLIBNN_IMPORT_ERROR}"
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+        info["tf32"] = torch.backends.cuda.matmul.allow_tf32
+    else:
+        try:
+            blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+            info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
+        except Exception:  # noqa: BLE001
+            info["numpy_blas"] = "unknown"
+    return info
+
+
+def describe(info):
+    parts = [f"CPU: {info['cpu']} ({info['cores']} cores, torch threads {info['torch_threads']})"]
+    if info["device"] == "cuda":
+        parts.append(f"GPU: {info['gpu']} (CUDA {info['cuda']}, TF32 matmul {info['tf32']}, "
+                     f"pylibnn CUDA {info.get('pylibnn_cuda')} arch '{info.get('pylibnn_cuda_arch')}')")
+    parts.append(f"torch {info['torch']}; numpy {info['numpy']}"
+                 + (f" ({info['numpy_blas']})" if "numpy_blas" in info else ""))
+    parts.append(f"pylibnn CPU ISA: {info['pylibnn_isa']}"
+                 + (f" ({info['pylibnn_build']})" if info.get("pylibnn_build") else ""))
+    load = f"load average (1/5/15 min) at start {info['loadavg_start']}"
+    if "loadavg_end" in info:
+        load += f", at end {info['loadavg_end']}"
+    parts.append(f"date: {info['date']}; {load}")
+    return parts
+
+
+# ----------------------------------------------------------------------------- peak probes
+
+def fma_probe(seconds=0.15, trials=10):
+    """Returns ({'float32': gflops, 'float64': gflops}, description) from the C FMA probe, or
+    (None, reason) when it cannot be built or run."""
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if cc is None:
+        return None, "no C compiler"
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        isa_flags = ["-mavx512f", "-mfma"]
+    elif "avx2" in flags and "fma" in flags:
+        isa_flags = ["-mavx2", "-mfma"]
+    else:
+        return None, "no AVX2/AVX-512 FMA in /proc/cpuinfo flags"
+    threads = usable_cores()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="spread")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma_probe")
+        cmd = [cc, "-O3", *isa_flags, "-fopenmp", str(HERE / "fma_probe.c"), "-o", exe]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            return None, f"compile failed: {' '.join(cmd)}: {res.stderr.strip()[:200]}"
+        peaks = {}
+        try:
+            for dtype, dbl in (("float32", "0"), ("float64", "1")):
+                # Calibrate the iteration count so one trial lasts about `seconds`.
+                iters = 1_000_000
+                out = subprocess.run([exe, str(iters), dbl, "1"], capture_output=True, text=True,
+                                     env=env, check=True, timeout=60).stdout.split()
+                gflops, nthr, vbits = float(out[0]), int(out[1]), int(out[2])
+                flops_per_iter = nthr * 16 * (vbits // (64 if dbl == "1" else 32)) * 2
+                iters = max(iters, int(seconds * gflops * 1e9 / flops_per_iter))
+                out = subprocess.run([exe, str(iters), dbl, str(trials)], capture_output=True,
+                                     text=True, env=env, check=True, timeout=120).stdout.split()
+                peaks[dtype] = float(out[0])
+        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
+            return None, f"probe run failed: {exc}"
+    desc = (f"FMA probe: {os.path.basename(cc)} -O3 {' '.join(isa_flags)} -fopenmp, "
+            f"{threads} threads x 16 independent {vbits}-bit FMA chains, best of {trials}")
+    return peaks, desc
+
+
+def numpy_peak(dtypes):
+    peaks = {}
+    for dt in dtypes:
+        best = 0.0
+        for n in (1024, 2048):
+            a = np.random.rand(n, n).astype(dt)
+            b = np.random.rand(n, n).astype(dt)
+            a @ b
+            for _ in range(3):
+                t = time.perf_counter()
+                a @ b
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        peaks[dt] = best
+    return peaks, "fallback: numpy's best a @ b GFLOP/s at 1024/2048 (no FMA probe)"
+
+
+def cuda_peak(dtypes):
+    peaks = {}
+    for dt in dtypes:
+        best = 0.0
+        for n in (4096, 8192):
+            a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dt))
+            b = torch.randn(n, n, device="cuda", dtype=getattr(torch, dt))
+            for _ in range(2):
+                torch.mm(a, b)
+            torch.cuda.synchronize()
+            for _ in range(3):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(3):
+                    torch.mm(a, b)
+                end.record()
+                end.synchronize()
+                best = max(best, 3 * 2 * n ** 3 / (start.elapsed_time(end) / 1e3) / 1e9)
+            del a, b
+        peaks[dt] = best
+    torch.cuda.empty_cache()
+    return peaks, "cuBLAS ceiling: best torch.mm GFLOP/s at 4096/8192 (TF32 off), not a datasheet peak"
+
+
+# ----------------------------------------------------------------------------- implementations
+
+def make_callables(M, K, N, dtype, device, mode, impl_names):
+    """Returns {name: fn} where fn() performs one call of `mode`, plus a correctness check."""
+    tdt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(M * 131 + K * 17 + N)
+    scale = 1.0 / math.sqrt(max(K, 1))
+    x = torch.randn(M, K, generator=gen, dtype=tdt).to(device)
+    w = (torch.randn(N, K, generator=gen, dtype=tdt) * scale).to(device)
+    b = torch.randn(N, generator=gen, dtype=tdt).to(device)
+    g = torch.randn(M, N, generator=gen, dtype=tdt).to(device)
+
+    fns = {}
+    torch_fns = {"pylibnn": (pylibnn.linear if pylibnn is not None else None), "torch": F.linear}
+    for name in impl_names:
+        if name == "numpy":
+            xn, wn, bn, gn = (t.cpu().numpy() for t in (x, w, b, g))
+            if mode == "forward":
+                def fn(xn=xn, wn=wn, bn=bn):
+                    return xn @ wn.T + bn
+            else:
+                def fn(xn=xn, wn=wn, bn=bn, gn=gn):
+                    y = xn @ wn.T + bn
+                    return y, gn @ wn, gn.T @ xn, gn.sum(0)
+            fns[name] = fn
+            continue
+        f = torch_fns[name]
+        if f is None:
+            fns[name] = None
+            continue
+        if mode == "forward":
+            def fn(f=f):
+                return f(x, w, b)
+        else:
+            xl, wl, bl = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+
+            def fn(f=f, xl=xl, wl=wl, bl=bl):
+                xl.grad = wl.grad = bl.grad = None
+                y = f(xl, wl, bl)
+                y.backward(g)
+                return y, xl.grad, wl.grad, bl.grad
+        fns[name] = fn
+    return fns
+
+
+def max_rel_err(out, ref):
+    """Largest |out - ref| / max|ref| over the outputs of one call (forward or all grads)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    worst = 0.0
+    for o, r in zip(outs, refs):
+        o = torch.as_tensor(np.asarray(o)) if isinstance(o, np.ndarray) else o.detach()
+        r = torch.as_tensor(np.asarray(r)) if isinstance(r, np.ndarray) else r.detach()
+        o, r = o.double().cpu(), r.double().cpu()
+        denom = max(r.abs().max().item(), 1e-30) if r.numel() else 1.0
+        if o.numel():
+            worst = max(worst, (o - r).abs().max().item() / denom)
+    return worst
+
+
+# ----------------------------------------------------------------------------- timing
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+
+    def sample(self, fn, n):
+        """Seconds for n back-to-back calls."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return time.perf_counter() - t
+
+
+def bench_case(fns, timer, repeats, min_sample_s, max_case_s):
+    """Interleaved repeats over the implementations; returns {name: dict of stats}."""
+    live = {k: f for k, f in fns.items() if f is not None}
+    calls, errors = {}, {}
+    # Warm up and calibrate: loop count so one sample lasts >= min_sample_s.
+    for name, fn in list(live.items()):
+        try:
+            fn()
+            t1 = timer.sample(fn, 1)
+            if t1 < min_sample_s / 4:  # too short to trust one call: time a short loop
+                n = max(1, int(min_sample_s / 4 / max(t1, 1e-9)))
+                t1 = timer.sample(fn, n) / n
+            calls[name] = max(1, math.ceil(min_sample_s / max(t1, 1e-9)))
+            timer.sample(fn, calls[name])  # one full-length warm-up sample
+        except Exception as exc:  # noqa: BLE001
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            del live[name]
+    # Repeats stop early (keeping >= 3) once a case has cost max_case_s.
+    samples = {name: [] for name in live}
+    names = list(live)
+    t_case = time.perf_counter()
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        for name in order:
+            samples[name].append(timer.sample(live[name], calls[name]) / calls[name])
+        if r >= 2 and time.perf_counter() - t_case > max_case_s:
+            break
+    stats = {}
+    for name in fns:
+        if name in samples and samples[name]:
+            s = sorted(samples[name])
+            stats[name] = {"median_s": statistics.median(s), "min_s": s[0], "max_s": s[-1],
+                           "samples": len(s), "calls_per_sample": calls[name], "error": ""}
+        else:
+            stats[name] = {"median_s": float("nan"), "min_s": float("nan"), "max_s": float("nan"),
+                           "samples": 0, "calls_per_sample": 0,
+                           "error": errors.get(name, "unavailable (pylibnn import failed)"
+                                               if fns.get(name) is None else "no samples")}
+    return stats
+
+
+# ----------------------------------------------------------------------------- reports
+
+def gfmt(v):
+    """GFLOP/s: one decimal from 10 up, three significant digits below (tutorial shapes)."""
+    if v is None or v != v:
+        return "n/a"
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def fmt(v, spec):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def write_csv(path, rows):
+    fields = ["name", "shape", "mode", "dtype", "median_ms", "gflops", "frac_peak", "vs_torch",
+              "vs_numpy", "M", "K", "N", "family", "device", "min_ms", "max_ms", "samples",
+              "calls_per_sample", "gflops_best", "gbytes_s", "max_rel_err", "peak_gflops", "error",
+              "cpu", "cores", "torch", "pylibnn_isa", "date"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
+    lines = [f"# pylibnn.linear benchmark ({info['device']}{', quick' if args.quick else ''})", ""]
+    lines += [f"- {p}" for p in describe(info)]
+    lines.append("- ceiling: " + ", ".join(f"{dt} {fmt(peaks.get(dt), '.1f')} GFLOP/s" for dt in args.dtypes)
+                 + f" ({peak_desc})")
+    lines.append(f"- timing: median of {args.repeats} interleaved repeats, each sample >= "
+                 f"{args.min_sample_ms:g} ms (calls looped inside), after warm-up; total run {elapsed:.0f} s")
+    lines.append("- the CSV also has gflops_best (fastest sample), gbytes_s (minimum traffic), "
+                 "calls_per_sample and max_rel_err (vs torch F.linear, same dtype)")
+    lines.append("- GFLOP/s: forward 2MNK, fwd+bwd 6MNK per call; ratios are GFLOP/s ratios "
+                 "(> 1: faster than the peer); %peak against the ceiling above")
+    lines.append("- command: `" + " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]) + "`")
+    loads = [float(v) for k in ("loadavg_start", "loadavg_end") for v in info.get(k, "").split()[:1]]
+    if info["device"] == "cpu" and loads and max(loads) > info["cores"] * 0.75:
+        lines.append(f"- **caution: the machine was shared (1-min load average up to {max(loads):.1f} on "
+                     f"{info['cores']} cores).** A multi-threaded call whose threads split the work "
+                     "statically (MKL in torch, OpenBLAS) then waits for a descheduled thread, up to one "
+                     "scheduler quantum per call: small/medium shapes of those peers can collapse by "
+                     "10-1000x. See gflops_best in the CSV, or rerun when the machine is quiet or with --threads 1.")
+    lines.append("")
+    by = {(r["name"], r["shape"], r["mode"], r["dtype"]): r for r in rows}
+    shapes = []
+    for r in rows:
+        if (r["shape"], r["M"], r["K"], r["N"]) not in shapes:
+            shapes.append((r["shape"], r["M"], r["K"], r["N"]))
+    for dtype in args.dtypes:
+        for mode in args.modes:
+            lines.append(f"## {mode}, {dtype}")
+            lines.append("")
+            head = ["shape", "M×K→N"] + [f"{n} GFLOP/s" for n in impls]
+            head += [f"{n} ms" for n in impls[:2]]
+            if "pylibnn" in impls:
+                head += ["pylibnn %peak", "pylibnn/torch"] + (["pylibnn/numpy"] if "numpy" in impls else [])
+                head += ["pylibnn max rel err"]
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("|" + "|".join("---" for _ in head) + "|")
+            for shape, M, K, N in shapes:
+                cells = [shape, f"{M}×{K}→{N}"]
+                cells += [gfmt(by.get((n, shape, mode, dtype), {}).get("gflops")) for n in impls]
+                cells += [fmt(by.get((n, shape, mode, dtype), {}).get("median_ms"), ".4g") for n in impls[:2]]
+                p = by.get(("pylibnn", shape, mode, dtype))
+                if "pylibnn" in impls and p is not None:
+                    cells += [fmt(100 * p["frac_peak"] if p["frac_peak"] == p["frac_peak"] else float("nan"), ".1f"),
+                              fmt(p["vs_torch"], ".2f")]
+                    if "numpy" in impls:
+                        cells.append(fmt(p["vs_numpy"], ".2f"))
+                    cells.append(fmt(p["max_rel_err"], ".1e"))
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    errs = [r for r in rows if r.get("error")]
+    if errs:
+        lines.append("## errors")
+        lines.append("")
+        for r in errs:
+            lines.append(f"- {r['name']} {r['shape']} {r['mode']} {r['dtype']}: {r['error']}")
+        lines.append("")
+    Path(path).write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def write_plot(path, rows, info, peaks, peak_desc, impls, args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:  # noqa: BLE001
+        log(f"plot skipped: matplotlib unavailable ({exc})")
+        return False
+    panels = [(m, d) for d in args.dtypes for m in args.modes]
+    ncols = len(args.modes)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.4 * nrows), squeeze=False)
+    colors = {"pylibnn": "tab:red", "torch": "tab:blue", "numpy": "tab:green"}
+    markers = {"pylibnn": "o", "torch": "s", "numpy": "^"}
+    for ax, (mode, dtype) in zip(axes.flat, panels):
+        sq = [r for r in rows if r["family"] == "square" and r["mode"] == mode and r["dtype"] == dtype]
+        sizes = sorted({r["M"] for r in sq})
+        for name in impls:
+            pts = [(r["M"], r["gflops"]) for r in sq if r["name"] == name and r["gflops"] == r["gflops"]]
+            pts.sort()
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers.get(name, "x"),
+                        color=colors.get(name), label=name, linewidth=2)
+        peak = peaks.get(dtype)
+        if peak:
+            ax.axhline(peak, color="black", linestyle="--", linewidth=1.2,
+                       label=f"{dtype} peak {peak:.0f} GFLOP/s")
+        ax.set_xscale("log", base=2)
+        if sizes:
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(s) for s in sizes])
+        top = max([peak or 0.0] + [r["gflops"] for r in sq if r["gflops"] == r["gflops"]])
+        ax.set_ylim(bottom=0, top=top * 1.12 or None)
+        ax.set_xlabel("square size M = K = N")
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"{mode}, {dtype}")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in list(axes.flat)[1:len(panels)]:  # each panel's own peak label
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3 * ncols), fontsize=9, frameon=False)
+    import textwrap
+    desc = describe(info)
+    width = 105 * ncols
+    text = [f"pylibnn.linear vs peers, {info['device']}{' (quick)' if args.quick else ''}"]
+    text += textwrap.wrap("; ".join(desc), width)
+    text += textwrap.wrap("ceiling: " + peak_desc, width)
+    fig.suptitle("\n".join(text), fontsize=8)
+    legend_rows = math.ceil(len(labels) / min(len(labels), 3 * ncols))
+    fig.tight_layout(rect=(0, (0.15 + 0.25 * legend_rows) / (4.4 * nrows), 1, 1 - (len(text) * 8 * 1.4 / 72 + 0.1) / (4.4 * nrows)))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="subset of shapes, fewer repeats (< ~2 min)")
+    p.add_argument("--dtype", dest="dtypes", nargs="+", default=["float32", "float64"],
+                   choices=["float32", "float64"])
+    p.add_argument("--mode", dest="modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--shapes", nargs="+", default=None,
+                   help="shape labels or families to run (default: all, or the quick subset)")
+    p.add_argument("--impl", dest="impls", nargs="+", default=None,
+                   help="implementations (default: pylibnn torch [numpy on cpu])")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 9, quick 5)")
+    p.add_argument("--min-sample-ms", type=float, default=20.0)
+    p.add_argument("--max-case-s", type=float, default=None,
+                   help="stop repeating a case after this long (>= 3 repeats kept; default 25, quick 8)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for pylibnn and torch (default: torch's, here the core count)")
+    p.add_argument("--no-probe", action="store_true", help="skip the FMA probe (numpy fallback)")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--replot", metavar="CSV", default=None,
+                   help="only redraw the PNG (beside the CSV) from a CSV this script wrote")
+    p.add_argument("--tag", default=None, help="file stem (default linear_<device>[_quick])")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 5 if args.quick else 9
+    if args.max_case_s is None:
+        args.max_case_s = 8.0 if args.quick else 25.0
+    return args
+
+
+def replot(csv_path, args):
+    """Redraws the PNG from a results CSV (machine fields and ceilings as recorded there)."""
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        log(f"{csv_path}: no rows")
+        return 1
+    for r in rows:
+        for k in ("gflops", "peak_gflops"):
+            r[k] = float(r[k]) if r[k] not in ("", "nan") else float("nan")
+        for k in ("M", "K", "N"):
+            r[k] = int(r[k])
+    first = rows[0]
+    info = {"cpu": first["cpu"], "cores": first["cores"], "torch_threads": "?", "device": first["device"],
+            "torch": first["torch"], "numpy": np.__version__, "pylibnn_isa": first["pylibnn_isa"],
+            "date": first["date"], "loadavg_start": "? (redrawn from CSV)", "gpu": "?", "cuda": "?",
+            "tf32": "?"}
+    peaks = {r["dtype"]: r["peak_gflops"] for r in rows}
+    impls = list(dict.fromkeys(r["name"] for r in rows))
+    args.dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    args.modes = list(dict.fromkeys(r["mode"] for r in rows))
+    args.quick = "_quick" in Path(csv_path).stem
+    png = Path(csv_path).with_suffix(".png")
+    write_plot(png, rows, info, peaks, "as recorded in the CSV (peak_gflops)", impls, args)
+    log(f"wrote {png}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args)
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        log("--device cuda: no CUDA GPU visible to torch")
+        return 2
+    impls = args.impls or (["pylibnn", "torch", "numpy"] if args.device == "cpu" else ["pylibnn", "torch"])
+    if args.device == "cuda" and "numpy" in impls:
+        impls.remove("numpy")
+    if pylibnn is None:
+        log(f"WARNING: import pylibnn failed ({PYLIBNN_IMPORT_ERROR}); benchmarking the peers only")
+    info = machine_info(args.device)
+    if args.device == "cuda" and pylibnn is not None and not info.get("pylibnn_cuda"):
+        log("WARNING: this pylibnn build has no CUDA kernels; its rows will carry the error")
+
+    if args.shapes:
+        wanted = set(args.shapes)
+        shapes = [s for s in ALL_SHAPES if s[0] in wanted or s[1] in wanted]
+    elif args.quick:
+        shapes = [s for s in ALL_SHAPES if s[0] in QUICK_SHAPES]
+    else:
+        shapes = list(ALL_SHAPES)
+
+    for line in describe(info):
+        log(line)
+    log("measuring the ceiling ...")
+    if args.device == "cuda":
+        peaks, peak_desc = cuda_peak(args.dtypes)
+    else:
+        peaks, peak_desc = (None, "skipped (--no-probe)") if args.no_probe else fma_probe()
+        if peaks is None:
+            reason = peak_desc
+            peaks, peak_desc = numpy_peak(args.dtypes)
+            peak_desc += f" [{reason}]"
+    log("ceiling: " + ", ".join(f"{dt} {peaks.get(dt, float('nan')):.1f} GFLOP/s" for dt in args.dtypes)
+        + f" -- {peak_desc}")
+
+    timer = Timer(args.device)
+    rows = []
+    for dtype in args.dtypes:
+        for label, family, M, K, N in shapes:
+            for mode in args.modes:
+                try:
+                    fns = make_callables(M, K, N, dtype, args.device, mode, impls)
+                except RuntimeError as exc:  # e.g. out of memory
+                    log(f"skip {label} {mode} {dtype}: {exc}")
+                    continue
+                # Correctness (a benchmark of a wrong answer is worthless): against torch.
+                errs = {}
+                ref = None
+                try:
+                    ref = fns["torch"]() if fns.get("torch") else None
+                    ref = tuple(t.detach().clone() for t in ref) if isinstance(ref, tuple) else (
+                        ref.detach().clone() if ref is not None else None)
+                except Exception:  # noqa: BLE001
+                    ref = None
+                for name, fn in fns.items():
+                    if fn is None or ref is None:
+                        errs[name] = float("nan")
+                        continue
+                    try:
+                        errs[name] = max_rel_err(fn(), ref)
+                    except Exception:  # noqa: BLE001
+                        errs[name] = float("nan")
+                stats = bench_case(fns, timer, args.repeats, args.min_sample_ms / 1e3, args.max_case_s)
+                flops = FLOPS_PER_MNK[mode] * M * N * K
+                elem = 4 if dtype == "float32" else 8
+                # Minimum traffic: read x, w, b, write y (forward); + read g, write dx, dW, db.
+                nbytes = elem * (M * K + N * K + N + M * N)
+                if mode == "fwd+bwd":
+                    nbytes += elem * (M * N + M * K + N * K + N)
+                gfl = {n: flops / s["median_s"] / 1e9 if s["median_s"] == s["median_s"] and s["median_s"] > 0
+                       else float("nan") for n, s in stats.items()}
+                peak = peaks.get(dtype, float("nan"))
+                for name in impls:
+                    s = stats[name]
+                    g = gfl[name]
+                    rows.append({
+                        "name": name, "shape": label, "mode": mode, "dtype": dtype,
+                        "median_ms": s["median_s"] * 1e3, "gflops": g,
+                        "frac_peak": g / peak if peak == peak and peak else float("nan"),
+                        "vs_torch": g / gfl["torch"] if "torch" in gfl else float("nan"),
+                        "vs_numpy": g / gfl["numpy"] if "numpy" in gfl else float("nan"),
+                        "M": M, "K": K, "N": N, "family": family, "device": args.device,
+                        "min_ms": s["min_s"] * 1e3, "max_ms": s["max_s"] * 1e3,
+                        "samples": s["samples"], "calls_per_sample": s["calls_per_sample"],
+                        "gflops_best": flops / s["min_s"] / 1e9 if s["min_s"] == s["min_s"] and s["min_s"] > 0 else float("nan"),
+                        "gbytes_s": nbytes / s["median_s"] / 1e9 if s["median_s"] == s["median_s"] else float("nan"),
+                        "max_rel_err": errs.get(name, float("nan")), "peak_gflops": peak,
+                        "error": s["error"], "cpu": info["cpu"], "cores": info["cores"],
+                        "torch": info["torch"], "pylibnn_isa": info["pylibnn_isa"], "date": info["date"],
+                    })
+                summary = "  ".join(f"{n} {gfmt(gfl[n])}" for n in impls)
+                ratio = ""
+                if "pylibnn" in gfl and "torch" in gfl:
+                    ratio = f"  pylibnn/torch {fmt(gfl['pylibnn'] / gfl['torch'], '.2f')}"
+                log(f"{dtype:8s} {mode:8s} {label:22s} GFLOP/s: {summary}{ratio}"
+                    f"  [{time.perf_counter() - t_start:.0f} s]")
+                for name in impls:
+                    if stats[name]["error"]:
+                        log(f"    {name}: {stats[name]['error']}")
+                del fns
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+
+    if args.device == "cpu" and not args.no_probe and "FMA probe" in peak_desc:
+        # Probe again after the run (the machine may be shared); the ceiling is the best seen.
+        again, _ = fma_probe()
+        if again:
+            log("ceiling re-probed at the end: " + ", ".join(f"{k} {v:.1f}" for k, v in again.items()))
+            for k, v in again.items():
+                if v > peaks.get(k, 0.0):
+                    peaks[k] = v
+            for r in rows:
+                p = peaks.get(r["dtype"], float("nan"))
+                r["peak_gflops"] = p
+                r["frac_peak"] = r["gflops"] / p if p == p and p else float("nan")
+            peak_desc += ", best of the probes before and after the run"
+    info["loadavg_end"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.tag or f"linear_{args.device}{'_quick' if args.quick else ''}"
+    elapsed = time.perf_counter() - t_start
+    write_csv(out / f"{stem}.csv", rows)
+    table = write_table(out / f"{stem}.md", rows, info, peaks, peak_desc, impls, args, elapsed)
+    plotted = write_plot(out / f"{stem}.png", rows, info, peaks, peak_desc, impls, args)
+    log("")
+    log(table)
+    log(f"wrote {out / (stem + '.csv')}, {out / (stem + '.md')}"
+        + (f", {out / (stem + '.png')}" if plotted else "") + f" in {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
