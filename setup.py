@@ -160,7 +160,9 @@ def make_extension():
         "csrc/cpu/gemm_reference.cpp",
         "csrc/cpu/cpu_isa.cpp",
     ]
-    cxx_flags = opt + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
+    # -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` is
+    # compiled into *our* objects; without the flag it silently runs on one thread.
+    cxx_flags = opt + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-fopenmp"]
     extra_compile_args = {"cxx": cxx_flags}
     include_dirs = [str(ROOT / "csrc"), str(config_dir)]
     if with_cuda:
@@ -176,6 +178,7 @@ def make_extension():
         include_dirs=include_dirs,
         extra_compile_args=extra_compile_args,
         define_macros=[("PYLIBNN_WITH_CUDA", "1" if with_cuda else "0")],
+        extra_link_args=["-fopenmp"],
     )
 
     class BuildWithIsaKernels(BuildExtension):

@@ -76,6 +76,12 @@ class LinearForwardFunction : public torch::autograd::Function<LinearForwardFunc
 
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias) {
+  const bool bias_requires_grad = bias.has_value() && bias->defined() && bias->requires_grad();
+  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_requires_grad)) {
+    // Nothing to record (inference, frozen layers): skip building an autograd context.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_forward(input, weight, bias);
+  }
   return LinearForwardFunction::apply(input, weight, bias);
 }
 

@@ -10,6 +10,9 @@ import torch
 
 from . import ops
 
+# The overload itself, not the packet: saves resolving it on every call.
+_linear_forward = ops.linear_forward.default
+
 
 def _check_ranks(input, weight):
     # The ops check everything else (sizes, dtypes, devices) with the same words on CPU and CUDA.
@@ -74,10 +77,10 @@ def linear(input, weight, bias=None):
     Differentiable through the op's own (C++) autograd, whose backward is the same
     ``linear_backward`` op that ``LinearFunction`` calls.
     """
+    if type(input) is torch.Tensor and input.dim() == 2:
+        return _linear_forward(input, weight, bias)  # the op checks everything else
     _check_ranks(input, weight)
-    if input.dim() == 2:
-        return ops.linear_forward(input, weight, bias)
     leading_shape = input.shape[:-1]
     # An explicit row count, not -1: reshape cannot infer it when K == 0.
-    output = ops.linear_forward(input.reshape(math.prod(leading_shape), input.size(-1)), weight, bias)
+    output = _linear_forward(input.reshape(math.prod(leading_shape), input.size(-1)), weight, bias)
     return output.reshape(*leading_shape, weight.size(0))

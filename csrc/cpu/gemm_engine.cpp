@@ -17,7 +17,6 @@
 #include "cpu/gemm.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <type_traits>
@@ -60,19 +59,16 @@ struct Blocking {
   int64_t nc;  // columns of B per packed block (multiple of NR)
 };
 
-// Sizes for a Zen 4 class core (32 KiB L1d, 1 MiB L2, a shared L3): a kc x NR panel of B
-// takes about half of L1 while MR x kc panels of A stream past it; an mc x kc block of A
-// takes a quarter of L2; a kc x nc block of B stays in L3.
+// Sizes measured best on this project's machine (AMD Zen 5: 48 KiB L1d, 1 MiB L2 per core,
+// 32 MiB shared L3; `benchmarks/bench_linear.py`): a kc x NR micro-panel of B of 64 KiB,
+// streamed from L2 while MR x kc panels of A pass over it; an mc x kc block of A of about
+// 192 KiB in L2; a kc x nc block of B in L3. Larger kc means fewer passes over C.
 template <typename T>
 Blocking blocking_for(const MicroKernel<T>& kernel) {
   const int64_t elem = sizeof(T);
-  const int64_t kc = std::clamp<int64_t>((16 * 1024) / (kernel.nr * elem), 64, 512) / 8 * 8;
-  const int64_t mc = std::max<int64_t>(1, (256 * 1024) / (kc * elem) / kernel.mr) * kernel.mr;
+  const int64_t kc = std::clamp<int64_t>((64 * 1024) / (kernel.nr * elem), 64, 512) / 8 * 8;
+  const int64_t mc = std::max<int64_t>(1, (192 * 1024) / (kc * elem) / kernel.mr) * kernel.mr;
   const int64_t nc = std::max<int64_t>(1, 4096 / kernel.nr) * kernel.nr;
-  if (const char* e = std::getenv("PYLIBNN_TUNE")) {  // TEMPORARY tuning hook: "kc,mc,nc"
-    long k, m, n;
-    if (std::sscanf(e, "%ld,%ld,%ld", &k, &m, &n) == 3) return {k, std::max<int64_t>(1, m / kernel.mr) * kernel.mr, std::max<int64_t>(1, n / kernel.nr) * kernel.nr};
-  }
   return {kc, mc, nc};
 }
 
@@ -305,9 +301,10 @@ void row_sums(const MatrixView<T>& m, T* out) {
 // Products this small cost less than packing them: they take the direct loop, which also
 // rounds like torch's own small matmuls (a multiply and an add per term, in k order).
 constexpr int64_t kDirectPathMaxMultiplyAdds = 4096;
-// The dot path pays off while few rows of A share each element of B, and while k is long
-// enough to amortize the horizontal sums of its accumulators.
-constexpr int64_t kDotPathMaxRows = 16;
+// The dot path pays off while few rows of A share each element of B (measured: up to
+// about 256 rows for W of 4096 x 4096, where the packed path catches up), and while k is
+// long enough to amortize the horizontal sums of its accumulators.
+constexpr int64_t kDotPathMaxRows = 192;
 constexpr int64_t kDotPathMinDepth = 64;
 
 template <typename T>

@@ -16,6 +16,13 @@ template <typename V, int MR, int NV>
 void broadcast_kernel(int64_t kc, const typename V::Scalar* a, const typename V::Scalar* b, int64_t ldb,
                       typename V::Scalar* c, int64_t ldc, bool accumulate, const typename V::Scalar* bias) {
   using Vec = typename V::Vec;
+  // The C tile is read and written only after the k loop; ask for its lines now so that
+  // the misses overlap with the FMAs instead of stalling the stores.
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);
+    __builtin_prefetch(c + i * ldc + NV * V::lanes - 1, 1, 3);
+  }
   Vec acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
