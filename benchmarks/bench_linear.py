@@ -37,7 +37,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# numpy's OpenBLAS threads keep spinning for about 2^28 cycles (tens of ms) after each call,
+# holding both cores while the OpenMP threads of torch and pylibnn run the next interleaved
+# repeat: on this 2-core machine that halved whoever came after numpy. Let them sleep at
+# once (OpenBLAS reads this when numpy loads it, so before the import).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 import torch
 import torch.nn.functional as F
 
@@ -402,6 +408,8 @@ def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
     lines += [f"- {p}" for p in describe(info)]
     lines.append("- ceiling: " + ", ".join(f"{dt} {fmt(peaks.get(dt), '.1f')} GFLOP/s" for dt in args.dtypes)
                  + f" ({peak_desc})")
+    lines.append(f"- OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')} (numpy's threads sleep "
+                 "right after a call instead of spinning on the cores the next implementation needs)")
     lines.append(f"- timing: median of {args.repeats} interleaved repeats, each sample >= "
                  f"{args.min_sample_ms:g} ms (calls looped inside), after warm-up; total run {elapsed:.0f} s")
     lines.append("- the CSV also has gflops_best (fastest sample), gbytes_s (minimum traffic), "
