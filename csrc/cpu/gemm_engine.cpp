@@ -1,6 +1,13 @@
 // CPU GEMM engine: C (M, N) = A (M, K) @ B (K, N) [+ bias], optional row sums of A.
 //
-// Strategy (GotoBLAS / BLIS): three cache-blocking loops around a register-blocked
+// gemm() picks one of three paths per call:
+//   direct   tiny products (the tutorial's layers): the reference loop, no packing, no threads
+//   dot      thin products whose A rows and B columns are contiguous along k (the forward
+//            x @ W^T for up to a few hundred rows of x): dot-product micro-kernels read both
+//            operands in place, vectorized along k; threads split the columns of C
+//   blocked  everything else, below.
+//
+// Blocked strategy (GotoBLAS / BLIS): three cache-blocking loops around a register-blocked
 // micro-kernel.
 //   for jc over N in steps of nc        B block (kc x nc) lives in L3
 //     for pc over K in steps of kc      pack B[pc:+kc, jc:+nc] into NR-wide panels (all threads)
@@ -10,6 +17,8 @@
 // Packing reads A and B through their strides (transposed, sliced and stride-0 views alike)
 // and zero-fills the panels past the matrix edge, so the micro-kernel only ever computes
 // full tiles; edge tiles of C are computed into a small buffer and copied out.
+// With a single row block of A, B is not packed where its rows are contiguous: the
+// micro-kernel reads it in place (grad_input = dy @ W for a thin batch).
 // The bias is added by the micro-kernel when the last kc block is stored (fused epilogue).
 // Row sums of A (grad_bias while packing grad_output^T for grad_weight) are taken from the
 // packed A panels in the first jc pass, by the one task that owns those rows in each pass:
