@@ -10,7 +10,11 @@ import pylibnn
 from conftest import make_tensor, requires_cuda
 from test_autograd import ENTRY_POINTS, REQUIRES_GRAD
 
-SHAPES = [pytest.param((4,), 3, id="1d"), pytest.param((3, 4), 5, id="2d"), pytest.param((2, 3, 4), 5, id="3d")]
+# nn.Linear(0, N) warns that initializing its empty weight does nothing; the K=0 case builds one.
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")
+
+SHAPES = [pytest.param((4,), 3, id="1d"), pytest.param((3, 4), 5, id="2d"), pytest.param((2, 3, 4), 5, id="3d"),
+          pytest.param((0, 4), 5, id="M=0"), pytest.param((3, 0), 5, id="K=0")]
 
 
 def _operands(device, input_shape, N, requires_grad):
