@@ -1,9 +1,13 @@
-// Autograd for the linear_forward op, in C++: calling torch.ops.pylibnn.linear_forward on
-// tensors that require grad records a node whose backward is the linear_backward op.
+// Autograd for both pylibnn ops, in C++, so that derivatives of any order stay on
+// pylibnn's kernels:
+//   linear_forward   y = x Wᵀ + b; its backward is the linear_backward op;
+//   linear_backward  (gx, gW, gb) = (gy W, gyᵀ x, gyᵀ 1); its backward is expressed with
+//                    the same two ops again, called through the dispatcher, so a
+//                    backward run with create_graph=True records them in turn.
 // pylibnn.linear and pylibnn.Linear go through here, so a tiny layer costs no Python
 // autograd.Function (about as much as the whole F.linear forward+backward at the
 // tutorial's sizes). pylibnn.LinearFunction, the public Python autograd.Function, calls the
-// same two ops, so there is one backward formula.
+// same two ops, so there is one backward formula at every order.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -35,9 +39,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_linear_backward(const at::Te
 }
 
 // A stand-in of the right shape that owns no memory, for an operand the backward op
-// takes for its shape but will not read.
-at::Tensor shape_only(const at::Tensor& like, at::IntArrayRef sizes) {
-  return at::zeros({}, like.options()).expand(sizes);
+// takes for its shape but will not read. Sizes are SymInts so that torch.compile and
+// torch.export can trace the backward with dynamic shapes.
+at::Tensor shape_only(const at::Tensor& like, c10::SymIntArrayRef sizes) {
+  return at::zeros({}, like.options()).expand_symint(sizes);
+}
+
+bool requires_grad(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->requires_grad();
 }
 
 class LinearForwardFunction : public torch::autograd::Function<LinearForwardFunction> {
@@ -50,8 +59,8 @@ class LinearForwardFunction : public torch::autograd::Function<LinearForwardFunc
     // grad_weight the input, grad_bias neither.
     ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
                             input.requires_grad() ? weight : at::Tensor()});
-    ctx->saved_data["input_sizes"] = input.sizes();
-    ctx->saved_data["weight_sizes"] = weight.sizes();
+    ctx->saved_data["input_sizes"] = input.sym_sizes();
+    ctx->saved_data["weight_sizes"] = weight.sym_sizes();
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     return output;
   }
@@ -65,19 +74,77 @@ class LinearForwardFunction : public torch::autograd::Function<LinearForwardFunc
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& grad_output = grad_outputs[0];
     const at::Tensor input =
-        saved[0].defined() ? saved[0] : shape_only(grad_output, ctx->saved_data["input_sizes"].toIntVector());
+        saved[0].defined() ? saved[0] : shape_only(grad_output, ctx->saved_data["input_sizes"].toSymIntVector());
     const at::Tensor weight =
-        saved[1].defined() ? saved[1] : shape_only(grad_output, ctx->saved_data["weight_sizes"].toIntVector());
+        saved[1].defined() ? saved[1] : shape_only(grad_output, ctx->saved_data["weight_sizes"].toSymIntVector());
     auto [grad_input, grad_weight, grad_bias] = call_linear_backward(grad_output, input, weight, mask);
     return {mask[0] ? grad_input : at::Tensor(), mask[1] ? grad_weight : at::Tensor(),
             mask[2] ? grad_bias : at::Tensor()};
   }
 };
 
+// The derivative of linear_backward. With gx = gy W, gW = gyᵀ x, gb = gyᵀ 1 and the
+// gradients (ggx, ggW, ggb) flowing into them:
+//   d gy = ggx Wᵀ + x ggWᵀ + 1 ggbᵀ = linear_forward(ggx, W, ggb) + linear_forward(x, ggW)
+//   d x  = gy ggW                   = linear_backward(gy, x, ggW, [1, 0, 0]).grad_input
+//   d W  = gyᵀ ggx                  = linear_backward(gy, ggx, W, [0, 1, 0]).grad_weight
+// A gradient the forward did not compute (its mask entry false, returned empty) or that
+// nothing flows into (undefined) contributes nothing.
+class LinearBackwardFunction : public torch::autograd::Function<LinearBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& weight, std::array<bool, 3> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] = call_linear_backward(grad_output, input, weight, output_mask);
+    // Undefined incoming gradients stay undefined: materializing them would cost GEMMs of zeros.
+    ctx->set_materialize_grads(false);
+    // d gy reads W (through ggx) and x (through ggW); d x and d W read gy.
+    const bool needs_grad_output_grad = grad_output.requires_grad();
+    ctx->save_for_backward({input.requires_grad() || weight.requires_grad() ? grad_output : at::Tensor(),
+                            needs_grad_output_grad && output_mask[1] ? input : at::Tensor(),
+                            needs_grad_output_grad && output_mask[0] ? weight : at::Tensor()});
+    ctx->saved_data["output_mask"] = c10::List<bool>({output_mask[0], output_mask[1], output_mask[2]});
+    ctx->saved_data["grad_output_sizes"] = grad_output.sym_sizes();
+    return {grad_input, grad_weight, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const c10::List<bool> output_mask = ctx->saved_data["output_mask"].toBoolList();
+    const auto incoming = [&](size_t i) { return output_mask[i] ? grads[i] : at::Tensor(); };
+    const at::Tensor grad_grad_input = incoming(0), grad_grad_weight = incoming(1), grad_grad_bias = incoming(2);
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &grad_output = saved[0], &input = saved[1], &weight = saved[2];
+
+    at::Tensor d_grad_output, d_input, d_weight;
+    if (ctx->needs_input_grad(0)) {
+      std::optional<at::Tensor> bias_term = grad_grad_bias.defined() ? std::optional(grad_grad_bias) : std::nullopt;
+      if (grad_grad_input.defined()) {
+        d_grad_output = call_linear_forward(grad_grad_input, weight, bias_term);
+        bias_term = std::nullopt;
+      }
+      if (grad_grad_weight.defined()) {
+        at::Tensor term = call_linear_forward(input, grad_grad_weight, bias_term);
+        d_grad_output = d_grad_output.defined() ? d_grad_output.add(term) : term;
+        bias_term = std::nullopt;
+      }
+      if (bias_term.has_value()) {
+        // Only ggb flows in: d gy = 1 ggbᵀ, broadcast over the rows of gy.
+        d_grad_output = bias_term->expand_symint(ctx->saved_data["grad_output_sizes"].toSymIntVector());
+      }
+    }
+    if (ctx->needs_input_grad(1) && grad_grad_weight.defined()) {
+      d_input = std::get<0>(call_linear_backward(grad_output, input, grad_grad_weight, {true, false, false}));
+    }
+    if (ctx->needs_input_grad(2) && grad_grad_input.defined()) {
+      d_weight = std::get<1>(call_linear_backward(grad_output, grad_grad_input, weight, {false, true, false}));
+    }
+    return {d_grad_output, d_input, d_weight, at::Tensor()};
+  }
+};
+
 at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias) {
-  const bool bias_requires_grad = bias.has_value() && bias->defined() && bias->requires_grad();
-  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || bias_requires_grad)) {
+  if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || requires_grad(bias))) {
     // Nothing to record (inference, frozen layers): skip building an autograd context.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_linear_forward(input, weight, bias);
@@ -85,9 +152,23 @@ at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& we
   return LinearForwardFunction::apply(input, weight, bias);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_autograd(const at::Tensor& grad_output,
+                                                                        const at::Tensor& input,
+                                                                        const at::Tensor& weight,
+                                                                        std::array<bool, 3> output_mask) {
+  if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || input.requires_grad() || weight.requires_grad())) {
+    // The usual case: a first-order backward (create_graph=False) records nothing.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_backward(grad_output, input, weight, output_mask);
+  }
+  variable_list grads = LinearBackwardFunction::apply(grad_output, input, weight, output_mask);
+  return {grads[0], grads[1], grads[2]};
+}
+
 }  // namespace
 }  // namespace pylibnn
 
 TORCH_LIBRARY_IMPL(pylibnn, Autograd, m) {
   m.impl("linear_forward", &pylibnn::linear_forward_autograd);
+  m.impl("linear_backward", &pylibnn::linear_backward_autograd);
 }

@@ -3,12 +3,13 @@
     import pylibnn
     layer = pylibnn.Linear(1024, 4096)         # instead of torch.nn.Linear
     y = pylibnn.linear(x, weight, bias)        # instead of torch.nn.functional.linear
+    model = pylibnn.convert(model)             # every nn.Linear of a model, swapped
 """
 
 from . import ops  # noqa: F401  (loads the compiled library and registers the ops)
 from .functional import LinearFunction, linear
-from .modules import Linear
+from .modules import Linear, convert
 from .ops import build_info
 
 __version__ = "1.0.0"
-__all__ = ["Linear", "LinearFunction", "linear", "build_info", "__version__"]
+__all__ = ["Linear", "LinearFunction", "linear", "convert", "build_info", "__version__"]

@@ -33,6 +33,10 @@ class LinearFunction(torch.autograd.Function):
     ``LinearFunction.apply(input, weight, bias)`` accepts what ``pylibnn.linear`` accepts.
     Only the tensors the requested gradients need are saved: the weight for grad_input,
     the input for grad_weight, neither for grad_bias.
+
+    The backward is differentiable (double backward, ``create_graph=True``): it calls the
+    ``linear_backward`` op, whose own autograd (csrc/linear_autograd.cpp) is written with
+    the same two ops, so the formula for every order lives in one place.
     """
 
     @staticmethod
@@ -44,7 +48,9 @@ class LinearFunction(torch.autograd.Function):
         output = ops.linear_forward(input_2d, weight, bias)
 
         needs_input_grad, needs_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.save_for_backward(input_2d if needs_weight_grad else None,
+        # The input itself, not input_2d: a tensor made inside forward has no history, so a
+        # double backward could not reach the input through it. backward reshapes again.
+        ctx.save_for_backward(input if needs_weight_grad else None,
                               weight if needs_input_grad else None)
         ctx.input_shape = input.shape
         ctx.input_2d_shape = input_2d.shape
@@ -53,7 +59,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input_2d, weight = ctx.saved_tensors
+        input, weight = ctx.saved_tensors
         output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                        len(ctx.needs_input_grad) > 2 and ctx.needs_input_grad[2]]
         if not any(output_mask):
@@ -61,8 +67,10 @@ class LinearFunction(torch.autograd.Function):
         grad_output_2d = grad_output.reshape(ctx.input_2d_shape[0], ctx.weight_shape[0])
         # The backward op takes input and weight for their shapes even when a gradient does
         # not read them; an unsaved one travels as a stride-0 view that owns no memory.
-        if input_2d is None:
+        if input is None:
             input_2d = grad_output_2d.new_zeros(()).expand(ctx.input_2d_shape)
+        else:
+            input_2d = input.reshape(ctx.input_2d_shape)
         if weight is None:
             weight = grad_output_2d.new_zeros(()).expand(ctx.weight_shape)
         grad_input, grad_weight, grad_bias = ops.linear_backward(grad_output_2d, input_2d, weight, output_mask)

@@ -1,4 +1,7 @@
-"""``pylibnn.Linear``: a drop-in for ``torch.nn.Linear`` that runs on pylibnn's kernels."""
+"""``pylibnn.Linear``: a drop-in for ``torch.nn.Linear`` that runs on pylibnn's kernels, and
+``convert``, which swaps it in for the ``nn.Linear`` layers of an existing model."""
+
+import copy
 
 from torch import nn
 
@@ -16,3 +19,67 @@ class Linear(nn.Linear):
 
     def forward(self, input):
         return linear(input, self.weight, self.bias)
+
+    @classmethod
+    def from_linear(cls, layer):
+        """A ``pylibnn.Linear`` that holds ``layer``'s own Parameter objects (shared, not
+        copied), in ``layer``'s training mode. ``layer`` itself is left as it was; hooks
+        registered on it are not carried over."""
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"pylibnn.Linear.from_linear: expected an nn.Linear, got {type(layer).__name__}")
+        # Built on the meta device: no memory and no initialization for parameters that are
+        # replaced at once.
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        new.weight = layer.weight
+        new.bias = layer.bias
+        new.train(layer.training)
+        return new
+
+
+def _is_replaceable(module):
+    # nn.Linear and subclasses that keep its forward (such as MultiheadAttention's
+    # NonDynamicallyQuantizableLinear); a subclass with a forward of its own computes
+    # something else, and pylibnn.Linear layers are already converted.
+    return (isinstance(module, nn.Linear) and not isinstance(module, Linear)
+            and type(module).forward is nn.Linear.forward)
+
+
+def convert(module, inplace=False):
+    """Replaces every ``nn.Linear`` in ``module`` (recursively) by a ``pylibnn.Linear``.
+
+    Each replacement holds the parameters of the layer it replaces: with ``inplace=True``
+    the very same Parameter objects, in ``module`` itself; otherwise ``module`` is left
+    untouched and a converted deep copy is returned. A layer that appears at several places
+    becomes one pylibnn.Linear at all of them. Layers that are already ``pylibnn.Linear``,
+    and ``nn.Linear`` subclasses with a ``forward`` of their own, are kept. Returns the
+    converted module (a ``pylibnn.Linear`` when ``module`` is itself an ``nn.Linear``).
+
+    Modules that read a layer's weights without calling it (``nn.MultiheadAttention``
+    passes ``out_proj.weight`` to a fused function) still compute those products with torch.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"pylibnn.convert: expected an nn.Module, got {type(module).__name__}")
+    if not inplace:
+        module = copy.deepcopy(module)
+    if _is_replaceable(module):
+        return Linear.from_linear(module)
+    replacements = {}
+    visited = set()
+
+    def visit(parent):
+        if id(parent) in visited:
+            return
+        visited.add(id(parent))
+        # _modules, not named_children(): the latter names a module seen twice only once.
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if _is_replaceable(child):
+                if id(child) not in replacements:
+                    replacements[id(child)] = Linear.from_linear(child)
+                setattr(parent, name, replacements[id(child)])
+            else:
+                visit(child)
+
+    visit(module)
+    return module

@@ -55,34 +55,39 @@ def test_backward_output_mask_cuda(dtype, shape, mask):
     _test_backward_output_mask("cuda", dtype, shape, mask)
 
 
-def sample_inputs(device):
-    """(args, kwargs) samples for opcheck: forward with and without bias, backward masks."""
+def sample_inputs(device, requires_grad=False):
+    """(op name, args) samples for opcheck: forward with and without bias, backward masks."""
     samples = []
     for dtype, (M, K, N) in itertools.product((torch.float32, torch.float64), ((3, 4, 5), (20, 33, 17))):
-        x = make_tensor((M, K), dtype, device, 1)
-        w = make_tensor((N, K), dtype, device, 2)
-        b = make_tensor((N,), dtype, device, 3)
-        gy = make_tensor((M, N), dtype, device, 4)
+        x = make_tensor((M, K), dtype, device, 1, requires_grad)
+        w = make_tensor((N, K), dtype, device, 2, requires_grad)
+        b = make_tensor((N,), dtype, device, 3, requires_grad)
+        gy = make_tensor((M, N), dtype, device, 4, requires_grad)
         samples += [("linear_forward", (x, w, b)), ("linear_forward", (x, w, None)),
                     ("linear_backward", (gy, x, w, [True, True, True])),
                     ("linear_backward", (gy, x, w, [False, True, False]))]
     return samples
 
 
-def _test_opcheck(device):
-    for op_name, args in sample_inputs(device):
-        # The ops have no autograd formula of their own (LinearFunction is their autograd).
-        torch.library.opcheck(getattr(torch.ops.pylibnn, op_name).default, args,
-                              test_utils=("test_schema", "test_faketensor"))
+def _test_opcheck(device, requires_grad):
+    # Every opcheck test: schema, autograd registration (both ops have a C++ Autograd
+    # kernel), fake tensors, and AOT dispatch with static and dynamic shapes.
+    for op_name, args in sample_inputs(device, requires_grad):
+        torch.library.opcheck(getattr(torch.ops.pylibnn, op_name).default, args)
 
 
-def test_opcheck_cpu():
-    _test_opcheck("cpu")
+OPCHECK_GRAD = [pytest.param(False, id="no-grad"), pytest.param(True, id="requires-grad")]
+
+
+@pytest.mark.parametrize("requires_grad", OPCHECK_GRAD)
+def test_opcheck_cpu(requires_grad):
+    _test_opcheck("cpu", requires_grad)
 
 
 @requires_cuda
-def test_opcheck_cuda():
-    _test_opcheck("cuda")
+@pytest.mark.parametrize("requires_grad", OPCHECK_GRAD)
+def test_opcheck_cuda(requires_grad):
+    _test_opcheck("cuda", requires_grad)
 
 
 # ---------------------------------------------------------------------------------------
