@@ -155,6 +155,7 @@ def make_extension():
         "csrc/pylibnn.cpp",
         "csrc/linear_checks.cpp",
         "csrc/linear_autograd.cpp",
+        "csrc/linear_autocast.cpp",
         "csrc/cpu/linear_cpu.cpp",
         "csrc/cpu/gemm_engine.cpp",
         "csrc/cpu/gemm_reference.cpp",

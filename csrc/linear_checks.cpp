@@ -6,9 +6,10 @@
 namespace pylibnn {
 namespace {
 
-// The floating types the kernels are compiled for.
+// The floating types the ops take: float32 and float64 natively, bfloat16 and float16
+// computed in float32 (see linear_cpu.cpp / linear_cuda.cu).
 bool is_supported_dtype(at::ScalarType dtype) {
-  return dtype == at::kFloat || dtype == at::kDouble;
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
 void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t expected_dim,
@@ -20,7 +21,7 @@ void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t
   TORCH_CHECK(t.dim() == expected_dim, op, ": expected ", name, " to be ", expected_dim, "-D ",
               expected_shape, ", but got a ", t.dim(), "-D tensor of shape ", t.sizes());
   TORCH_CHECK(is_supported_dtype(t.scalar_type()), op, ": expected ", name,
-              " to have dtype float32 or float64, but got ", t.scalar_type());
+              " to have dtype float32, float64, bfloat16 or float16, but got ", t.scalar_type());
 }
 
 void check_same_dtype_and_device(const char* op, const at::Tensor& reference, const char* reference_name,

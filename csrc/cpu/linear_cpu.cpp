@@ -9,6 +9,7 @@
 
 #include "cpu/gemm.h"
 #include "linear_checks.h"
+#include "reduced_precision.h"
 
 namespace pylibnn::cpu {
 namespace {
@@ -21,6 +22,9 @@ MatrixView<T> view_of(const at::Tensor& t) {
 at::Tensor linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias) {
   check_linear_forward_args(input, weight, bias);
+  if (is_reduced_precision(input.scalar_type())) {
+    return linear_forward_cpu(widen(input), widen(weight), widen(bias)).to(input.scalar_type());
+  }
   const bool has_bias = bias.has_value() && bias->defined();
   at::Tensor output = at::empty({input.size(0), weight.size(0)}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_forward_cpu", [&] {
@@ -40,6 +44,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
                                                                    const at::Tensor& weight,
                                                                    std::array<bool, 3> output_mask) {
   check_linear_backward_args(grad_output, input, weight);
+  if (is_reduced_precision(grad_output.scalar_type())) {
+    // grad_input reads the weight, grad_weight the input, grad_bias neither.
+    auto [grad_input, grad_weight, grad_bias] = linear_backward_cpu(
+        widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]), output_mask);
+    const auto dtype = grad_output.scalar_type();
+    return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+  }
   const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
   const auto options = grad_output.options();
   at::Tensor grad_input = at::empty(output_mask[0] ? at::IntArrayRef{M, K} : at::IntArrayRef{0}, options);

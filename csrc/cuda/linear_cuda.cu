@@ -26,6 +26,7 @@
 
 #include "cuda/gemm_kernels.cuh"
 #include "linear_checks.h"
+#include "reduced_precision.h"
 
 namespace pylibnn::cuda {
 namespace {
@@ -138,6 +139,9 @@ void column_sums(View<T> m, T* out, const at::TensorOptions& options, cudaStream
 at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias) {
   check_linear_forward_args(input, weight, bias);
+  if (is_reduced_precision(input.scalar_type())) {
+    return linear_forward_cuda(widen(input), widen(weight), widen(bias)).to(input.scalar_type());
+  }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool has_bias = bias.has_value() && bias->defined();
@@ -156,6 +160,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
                                                                     const at::Tensor& weight,
                                                                     std::array<bool, 3> output_mask) {
   check_linear_backward_args(grad_output, input, weight);
+  if (is_reduced_precision(grad_output.scalar_type())) {
+    // grad_input reads the weight, grad_weight the input, grad_bias neither.
+    auto [grad_input, grad_weight, grad_bias] = linear_backward_cuda(
+        widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]), output_mask);
+    const auto dtype = grad_output.scalar_type();
+    return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+  }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
