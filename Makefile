@@ -14,7 +14,7 @@ TORCH_VERSION ?= 2.14.1
 # The environment: made once, remade when this Makefile changes.
 $(VENV)/.deps-installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest hypothesis
+	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest hypothesis "transformers==5.24.0"
 	touch $@
 
 # Compiles pylibnn._C in place (ninja rebuilds only what changed).
