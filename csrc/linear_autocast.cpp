@@ -5,8 +5,9 @@
 // The casts are recorded by autograd like any `to`, so gradients flow back in the
 // original dtypes. linear_backward needs no rule: autocast's fallthrough passes it on.
 #include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "op_calls.h"
 
 namespace pylibnn {
 namespace {
@@ -17,12 +18,9 @@ at::Tensor linear_forward_autocast(const at::Tensor& input, const at::Tensor& we
   // Below autocast from here on, so the cast arguments are not cast again.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pylibnn::linear_forward", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
-  return op.call(at::autocast::cached_cast(dtype, input, device_type),
-                 at::autocast::cached_cast(dtype, weight, device_type),
-                 at::autocast::cached_cast(dtype, bias, device_type));
+  return call_linear_forward(at::autocast::cached_cast(dtype, input, device_type),
+                             at::autocast::cached_cast(dtype, weight, device_type),
+                             at::autocast::cached_cast(dtype, bias, device_type));
 }
 
 }  // namespace

@@ -8,35 +8,16 @@
 // autograd.Function (about as much as the whole F.linear forward+backward at the
 // tutorial's sizes). pylibnn.LinearFunction, the public Python autograd.Function, calls the
 // same two ops, so there is one backward formula at every order.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "op_calls.h"
 
 namespace pylibnn {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-at::Tensor call_linear_forward(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("pylibnn::linear_forward", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
-  return op.call(input, weight, bias);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_linear_backward(const at::Tensor& grad_output,
-                                                                    const at::Tensor& input,
-                                                                    const at::Tensor& weight,
-                                                                    std::array<bool, 3> output_mask) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pylibnn::linear_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                const at::Tensor&, std::array<bool, 3>)>();
-  return op.call(grad_output, input, weight, output_mask);
-}
 
 // A stand-in of the right shape that owns no memory, for an operand the backward op
 // takes for its shape but will not read. Sizes are SymInts so that torch.compile and
