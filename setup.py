@@ -8,6 +8,9 @@ Environment switches (all optional):
     CUDA_HOME               the toolkit root, when it cannot be found from nvcc
     TORCH_CUDA_ARCH_LIST    GPU architectures; default: the visible GPU's, else "8.0;9.0+PTX"
     PYLIBNN_DEBUG=1         -O0 -g, for debugging
+    PYLIBNN_SANITIZE=1      compile and link the C++ sources with AddressSanitizer and
+                            UndefinedBehaviorSanitizer (-O1 -g); load with LD_PRELOAD of libasan
+                            (scripts/sanitize.sh does all of it in a scratch copy)
     MAX_JOBS                parallel compile jobs (ninja)
 """
 
@@ -147,6 +150,15 @@ def make_extension():
 
     debug = env_switch("PYLIBNN_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
+    # ASan + UBSan on every C++ object (not the .cu files: nvcc's host compiler would need
+    # the flags forwarded, and compute-sanitizer covers the device side). Any UB report
+    # aborts (-fno-sanitize-recover) so a test run cannot pass over it. vptr is left out:
+    # with -fvisibility=hidden it reports torch's own classes seen through two typeinfos.
+    sanitize = env_switch("PYLIBNN_SANITIZE")
+    sanitize_flags = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-sanitize-recover=undefined",
+                      "-fno-omit-frame-pointer", "-g"] if sanitize else []
+    if sanitize and not debug:
+        opt = ["-O1"]
     isa_kernels = cpu_isa_sources()
     config_dir = ROOT / "build" / "generated"
     write_build_config(config_dir, with_cuda, [name for name, _, _ in isa_kernels])
@@ -154,6 +166,7 @@ def make_extension():
     sources = [
         "csrc/pylibnn.cpp",
         "csrc/linear_checks.cpp",
+        "csrc/linear_unsupported.cpp",
         "csrc/linear_autograd.cpp",
         "csrc/linear_autocast.cpp",
         "csrc/cpu/linear_cpu.cpp",
@@ -163,7 +176,7 @@ def make_extension():
     ]
     # -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` is
     # compiled into *our* objects; without the flag it silently runs on one thread.
-    cxx_flags = opt + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-fopenmp"]
+    cxx_flags = opt + sanitize_flags + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-fopenmp"]
     extra_compile_args = {"cxx": cxx_flags}
     include_dirs = [str(ROOT / "csrc"), str(config_dir)]
     if with_cuda:
@@ -179,7 +192,7 @@ def make_extension():
         include_dirs=include_dirs,
         extra_compile_args=extra_compile_args,
         define_macros=[("PYLIBNN_WITH_CUDA", "1" if with_cuda else "0")],
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + sanitize_flags,
     )
 
     class BuildWithIsaKernels(BuildExtension):
@@ -195,7 +208,7 @@ def make_extension():
                     [source],
                     output_dir=os.path.join(self.build_temp, "isa_" + name),
                     include_dirs=include_dirs,
-                    extra_postargs={"cxx": opt + ["-fvisibility=hidden", "-Wall"] + flags},
+                    extra_postargs={"cxx": opt + sanitize_flags + ["-fvisibility=hidden", "-Wall"] + flags},
                 )
                 ext.extra_objects = list(ext.extra_objects or []) + objects
             super().build_extension(ext)

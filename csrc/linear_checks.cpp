@@ -1,4 +1,14 @@
 // Shared argument validation for linear_forward / linear_backward (see linear_checks.h).
+//
+// Exception types follow what torch.nn.functional.linear raises for the same input, so a
+// caller's `except` clauses keep working when nn.Linear becomes pylibnn.Linear:
+//   - inputs F.linear rejects too (wrong sizes or ranks, mixed dtypes or devices) raise
+//     RuntimeError (TORCH_CHECK);
+//   - inputs F.linear accepts but pylibnn does not (integer and complex dtypes,
+//     sparse, quantized or nested tensors, a 1-D weight, a broadcasting bias) raise
+//     NotImplementedError (TORCH_CHECK_NOT_IMPLEMENTED, a RuntimeError subclass) whose
+//     message says "is not supported".
+// Every message starts with the op name and names the argument, expected and actual values.
 #include "linear_checks.h"
 
 #include <c10/util/Exception.h>
@@ -12,24 +22,43 @@ bool is_supported_dtype(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-void check_tensor(const char* op, const char* name, const at::Tensor& t, int64_t expected_dim,
-                  const char* expected_shape) {
+// Layout, storage kind and dtype: what the kernels can read at all. Checked before the
+// shape, because a nested tensor has no sizes to report.
+void check_kind(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, but got an undefined tensor");
-  TORCH_CHECK(t.layout() == at::kStrided, op, ": ", name, " with layout ", t.layout(),
-              " is not supported; expected a dense (strided) tensor");
-  TORCH_CHECK(!t.is_quantized(), op, ": quantized ", name, " is not supported");
-  TORCH_CHECK(t.dim() == expected_dim, op, ": expected ", name, " to be ", expected_dim, "-D ",
-              expected_shape, ", but got a ", t.dim(), "-D tensor of shape ", t.sizes());
-  TORCH_CHECK(is_supported_dtype(t.scalar_type()), op, ": expected ", name,
-              " to have dtype float32, float64, bfloat16 or float16, but got ", t.scalar_type());
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_nested(), op, ": nested ", name,
+                              " is not supported; expected a dense (strided) tensor");
+  TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, op, ": ", name, " with layout ", t.layout(),
+                              " is not supported; expected a dense (strided) tensor");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_quantized(), op, ": quantized ", name, " (dtype ", t.scalar_type(),
+                              ") is not supported; expected float32, float64, bfloat16 or float16");
+  TORCH_CHECK_NOT_IMPLEMENTED(is_supported_dtype(t.scalar_type()), op, ": ", name, " of dtype ",
+                              t.scalar_type(), " is not supported; expected float32, float64, bfloat16 or float16");
+}
+
+void check_rank(const char* op, const char* name, const at::Tensor& t, int64_t expected_dim,
+                const char* expected_shape) {
+  TORCH_CHECK(t.dim() == expected_dim, op, ": expected ", name, " to be ", expected_dim, "-D ", expected_shape,
+              ", but got a ", t.dim(), "-D tensor of shape ", t.sizes());
 }
 
 void check_same_dtype_and_device(const char* op, const at::Tensor& reference, const char* reference_name,
                                  const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == reference.scalar_type(), op, ": expected ", name, " to have the dtype of ",
-              reference_name, " (", reference.scalar_type(), "), but got ", t.scalar_type());
   TORCH_CHECK(t.device() == reference.device(), op, ": expected ", name, " to be on the device of ",
               reference_name, " (", reference.device(), "), but got ", t.device());
+  TORCH_CHECK(t.scalar_type() == reference.scalar_type(), op, ": expected ", name, " to have the dtype of ",
+              reference_name, " (", reference.scalar_type(), "), but got ", t.scalar_type());
+}
+
+// Whether `sizes` broadcasts to (rows, cols), as F.linear's addmm lets a bias do.
+bool broadcasts_to(at::IntArrayRef sizes, int64_t rows, int64_t cols) {
+  if (sizes.size() > 2) return false;
+  const int64_t target[2] = {rows, cols};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const int64_t size = sizes[sizes.size() - 1 - i];
+    if (size != 1 && size != target[1 - i]) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -37,26 +66,38 @@ void check_same_dtype_and_device(const char* op, const at::Tensor& reference, co
 void check_linear_forward_args(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "pylibnn.linear_forward";
-  check_tensor(op, "input", input, 2, "(M, K)");
-  check_tensor(op, "weight", weight, 2, "(N, K)");
+  const bool has_bias = bias.has_value() && bias->defined();
+  check_kind(op, "input", input);
+  check_kind(op, "weight", weight);
+  if (has_bias) check_kind(op, "bias", *bias);
+  check_rank(op, "input", input, 2, "(M, K)");
+  TORCH_CHECK_NOT_IMPLEMENTED(weight.dim() != 1, op, ": a 1-D weight (F.linear's vector form) is not supported; ",
+                              "expected weight to be 2-D (N, K), but got shape ", weight.sizes());
+  check_rank(op, "weight", weight, 2, "(N, K)");
   check_same_dtype_and_device(op, input, "input", weight, "weight");
+  if (has_bias) check_same_dtype_and_device(op, input, "input", *bias, "bias");
   TORCH_CHECK(input.size(1) == weight.size(1), op, ": expected input.size(1) to equal weight.size(1) (K = ",
               weight.size(1), "), but got input of shape ", input.sizes(), " and weight of shape ",
               weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_tensor(op, "bias", *bias, 1, "(N)");
-    check_same_dtype_and_device(op, input, "input", *bias, "bias");
-    TORCH_CHECK(bias->size(0) == weight.size(0), op, ": expected bias of shape [", weight.size(0),
-                "] (N = weight.size(0)), but got ", bias->sizes());
+  if (has_bias && !(bias->dim() == 1 && bias->size(0) == weight.size(0))) {
+    // F.linear broadcasts the bias over the output; only the (N) bias of nn.Linear is supported.
+    TORCH_CHECK_NOT_IMPLEMENTED(!broadcasts_to(bias->sizes(), input.size(0), weight.size(0)), op,
+                                ": a bias of shape ", bias->sizes(), " broadcast over the output is not supported; ",
+                                "expected bias of shape [", weight.size(0), "] (N = weight.size(0))");
+    TORCH_CHECK(false, op, ": expected bias of shape [", weight.size(0), "] (N = weight.size(0)), but got ",
+                bias->sizes());
   }
 }
 
 void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                 const at::Tensor& weight) {
   constexpr const char* op = "pylibnn.linear_backward";
-  check_tensor(op, "grad_output", grad_output, 2, "(M, N)");
-  check_tensor(op, "input", input, 2, "(M, K)");
-  check_tensor(op, "weight", weight, 2, "(N, K)");
+  check_kind(op, "grad_output", grad_output);
+  check_kind(op, "input", input);
+  check_kind(op, "weight", weight);
+  check_rank(op, "grad_output", grad_output, 2, "(M, N)");
+  check_rank(op, "input", input, 2, "(M, K)");
+  check_rank(op, "weight", weight, 2, "(N, K)");
   check_same_dtype_and_device(op, grad_output, "grad_output", input, "input");
   check_same_dtype_and_device(op, grad_output, "grad_output", weight, "weight");
   TORCH_CHECK(input.size(1) == weight.size(1), op, ": expected input.size(1) to equal weight.size(1) (K = ",

@@ -14,14 +14,34 @@ from . import ops
 _linear_forward = ops.linear_forward.default
 
 
-def _check_ranks(input, weight):
-    # The ops check everything else (sizes, dtypes, devices) with the same words on CPU and CUDA.
-    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
-        raise TypeError(f"pylibnn.linear: expected input and weight to be tensors, "
-                        f"got {type(input).__name__} and {type(weight).__name__}")
+def _check_ranks(input, weight, bias=None):
+    """What the 2-D ops cannot see: the types and ranks of F.linear's (*, K) form.
+
+    The ops check everything else (sizes, dtypes, devices, layouts) with the same words on
+    CPU and CUDA. Exception types follow F.linear: TypeError for a non-tensor, RuntimeError
+    where F.linear raises too, NotImplementedError ("is not supported") where F.linear
+    accepts an input that pylibnn does not (a 1-D weight, a nested input).
+    """
+    for name, value in (("input", input), ("weight", weight)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"pylibnn.linear: expected {name} to be a Tensor, but got {type(value).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"pylibnn.linear: expected bias to be a Tensor or None, but got {type(bias).__name__}")
+    for name, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if value is not None and value.is_nested:
+            # Checked before any shape is read: a nested tensor has no sizes.
+            raise NotImplementedError(f"pylibnn.linear: nested {name} is not supported; "
+                                      f"expected a dense (strided) tensor")
+        if value is not None and value.layout != torch.strided:
+            # Before reshape, which sparse layouts do not implement.
+            raise NotImplementedError(f"pylibnn.linear: {name} with layout {value.layout} is not supported; "
+                                      f"expected a dense (strided) tensor")
     if input.dim() < 1:
         raise RuntimeError(f"pylibnn.linear: expected input to have at least 1 dimension (*, K), "
                            f"but got a 0-D tensor")
+    if weight.dim() == 1:
+        raise NotImplementedError(f"pylibnn.linear: a 1-D weight (F.linear's vector form) is not supported; "
+                                  f"expected weight to be 2-D (N, K), but got shape {list(weight.shape)}")
     if weight.dim() != 2:
         raise RuntimeError(f"pylibnn.linear: expected weight to be 2-D (N, K), but got a "
                            f"{weight.dim()}-D tensor of shape {list(weight.shape)}")
@@ -41,7 +61,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias=None):
-        _check_ranks(input, weight)
+        _check_ranks(input, weight, bias)
         leading_shape = input.shape[:-1]
         # An explicit row count, not -1: reshape cannot infer it when K == 0.
         input_2d = input.reshape(math.prod(leading_shape), input.size(-1))
@@ -86,8 +106,14 @@ def linear(input, weight, bias=None):
     ``linear_backward`` op that ``LinearFunction`` calls.
     """
     if type(input) is torch.Tensor and input.dim() == 2:
-        return _linear_forward(input, weight, bias)  # the op checks everything else
-    _check_ranks(input, weight)
+        try:
+            return _linear_forward(input, weight, bias)  # the op checks everything else
+        except RuntimeError:
+            # A non-tensor weight or bias gets the dispatcher's RuntimeError; F.linear raises
+            # TypeError. Checking here costs nothing on the path that succeeds.
+            _check_ranks(input, weight, bias)
+            raise
+    _check_ranks(input, weight, bias)
     leading_shape = input.shape[:-1]
     # An explicit row count, not -1: reshape cannot infer it when K == 0.
     output = _linear_forward(input.reshape(math.prod(leading_shape), input.size(-1)), weight, bias)

@@ -1,8 +1,7 @@
 """The op layer: torch.ops.pylibnn.* schemas and masks, the pylibnn.ops aliases, opcheck,
-bad inputs, build_info and the CPU path switch."""
+build_info and the CPU path switch."""
 
 import itertools
-import re
 
 import pytest
 import torch
@@ -91,64 +90,7 @@ def test_opcheck_cuda(requires_grad):
 
 
 # ---------------------------------------------------------------------------------------
-# Bad inputs: a RuntimeError naming the op (the thorough validation suite is a later issue).
-
-def _f32(*shape):
-    return torch.zeros(shape)
-
-
-LINEAR_ERRORS = [
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4), _f32(5, 6)), r"pylibnn\.linear_forward.*K = 6", id="wrong-K"),
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4), _f32(5, 4), _f32(4)), r"pylibnn\.linear_forward.*bias of shape \[5\]", id="bias-size"),
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4), _f32(5, 4), _f32(5, 1)), r"pylibnn\.linear_forward.*bias", id="bias-2d"),
-    pytest.param(lambda: pylibnn.linear(torch.ones(3, 4, dtype=torch.int64), torch.ones(5, 4, dtype=torch.int64)),
-                 r"pylibnn\.linear_forward.*float32, float64, bfloat16 or float16.*Long", id="int-dtype"),
-    pytest.param(lambda: pylibnn.linear(torch.ones(3, 4, dtype=torch.complex64), torch.ones(5, 4, dtype=torch.complex64)),
-                 r"pylibnn\.linear_forward.*ComplexFloat", id="complex-dtype"),
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4).double(), _f32(5, 4)), r"pylibnn\.linear_forward.*dtype of input", id="mixed-dtype"),
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4), _f32(5, 4), _f32(5).double()), r"pylibnn\.linear_forward.*bias", id="mixed-bias-dtype"),
-    pytest.param(lambda: pylibnn.linear(torch.tensor(1.0), _f32(5, 1)), r"pylibnn\.linear.*0-D", id="0d-input"),
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4), _f32(2, 5, 4)), r"pylibnn\.linear.*weight.*3-D", id="3d-weight"),
-    pytest.param(lambda: pylibnn.linear(_f32(3, 4), _f32(4)), r"pylibnn\.linear.*weight.*1-D", id="1d-weight"),
-]
-
-
-@pytest.mark.parametrize("call,pattern", LINEAR_ERRORS)
-def test_bad_inputs_to_linear(call, pattern):
-    with pytest.raises(RuntimeError, match=pattern):
-        call()
-
-
-OP_ERRORS = [
-    pytest.param(lambda: ops.linear_forward(_f32(2, 3, 4), _f32(5, 4), None), r"pylibnn\.linear_forward.*input.*2-D", id="forward-3d-input"),
-    pytest.param(lambda: ops.linear_forward(_f32(3, 4), _f32(5, 3), None), r"pylibnn\.linear_forward", id="forward-wrong-K"),
-    pytest.param(lambda: ops.linear_backward(_f32(3, 6), _f32(3, 4), _f32(5, 4), [True] * 3),
-                 r"pylibnn\.linear_backward.*grad_output of shape \[3, 5\]", id="backward-grad-output-shape"),
-    pytest.param(lambda: ops.linear_backward(_f32(3, 5), _f32(3, 4), _f32(5, 3), [True] * 3), r"pylibnn\.linear_backward.*K", id="backward-wrong-K"),
-    pytest.param(lambda: ops.linear_backward(_f32(3, 5).double(), _f32(3, 4), _f32(5, 4), [True] * 3),
-                 r"pylibnn\.linear_backward.*dtype", id="backward-mixed-dtype"),
-    pytest.param(lambda: ops.linear_backward(torch.ones(3, 5, dtype=torch.int32), torch.ones(3, 4, dtype=torch.int32),
-                                             torch.ones(5, 4, dtype=torch.int32), [True] * 3),
-                 r"pylibnn\.linear_backward.*Int", id="backward-int-dtype"),
-]
-
-
-@pytest.mark.parametrize("call,pattern", OP_ERRORS)
-def test_bad_inputs_to_ops(call, pattern):
-    with pytest.raises(RuntimeError, match=pattern):
-        call()
-
-
-@requires_cuda
-def test_mixed_devices_rejected():
-    with pytest.raises(RuntimeError, match=r"pylibnn\.linear_forward.*device"):
-        pylibnn.linear(_f32(3, 4).cuda(), _f32(5, 4))
-
-
-def test_non_tensor_input_is_a_type_error():
-    with pytest.raises(TypeError, match=r"pylibnn\.linear"):
-        pylibnn.linear([[1.0]], _f32(1, 1))
-
+# Bad inputs: tests/test_validation.py.
 
 # ---------------------------------------------------------------------------------------
 # build_info and the CPU path switch.
