@@ -546,6 +546,9 @@ def parse_args(argv=None):
                    help="torch.set_num_threads for pylibnn and torch (default: torch's, here the core count)")
     p.add_argument("--no-probe", action="store_true", help="skip the FMA probe (numpy fallback)")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--memory-only", action="store_true",
+                   help="only measure the peak memory of one call at %s (also part of every full run)"
+                        % "x".join(map(str, MEMORY_SHAPE)))
     p.add_argument("--replot", metavar="CSV", default=None,
                    help="only redraw the PNG (beside the CSV) from a CSV this script wrote")
     p.add_argument("--tag", default=None, help="file stem (default linear_<device>[_quick])")
@@ -584,6 +587,72 @@ def replot(csv_path, args):
     return 0
 
 
+# Peak memory of one call for one large shape (DESIGN: a call allocates its outputs and the
+# packing buffers, nothing the size of an operand). tracemalloc does not see C++ allocations:
+# on the CPU the peak resident set (VmHWM, reset through /proc/self/clear_refs) above the
+# resident set before the call; on CUDA torch.cuda.max_memory_allocated above the allocated
+# memory before the call.
+MEMORY_SHAPE = (4096, 4096, 4096)
+
+
+def _cpu_rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_above_start(fn, device):
+    import gc
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start, result
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
+        f.write("5")
+    start = _cpu_rss_bytes()
+    result = fn()
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    return peak - start, result
+
+
+def measure_peak_memory(device, dtype, impls, shape=MEMORY_SHAPE):
+    """Returns markdown lines: per implementation and mode, the peak memory of one call above
+    what was in use before it, and that peak less the bytes of the call's own results."""
+    M, K, N = shape
+    elem = 4 if dtype == "float32" else 8
+    result_bytes = {"forward": M * N * elem, "fwd+bwd": (M * N + M * K + N * K + N) * elem}
+    lines = [f"## peak memory of one call, {M}×{K}→{N} {dtype}", "",
+             "| implementation | mode | peak above start (MiB) | of which results (MiB) | extra (MiB) |",
+             "| --- | --- | --- | --- | --- |"]
+    for mode in MODES:
+        try:
+            fns = make_callables(M, K, N, dtype, device, mode, [n for n in impls if n in ("pylibnn", "torch")])
+        except RuntimeError as exc:
+            lines.append(f"| - | {mode} | skipped: {exc} | | |")
+            continue
+        for name, fn in fns.items():
+            if fn is None:
+                continue
+            fn()  # warm up (thread pools, first-touch of the operands)
+            try:
+                peak, result = _peak_above_start(fn, device)
+            except OSError as exc:
+                lines.append(f"| {name} | {mode} | unavailable ({exc}) | | |")
+                continue
+            del result
+            mib = 2**20
+            lines.append(f"| {name} | {mode} | {peak / mib:.1f} | {result_bytes[mode] / mib:.1f} | "
+                         f"{(peak - result_bytes[mode]) / mib:.1f} |")
+        del fns
+    lines += ["", "On the CPU the figure is resident memory, so it also counts pages first touched during "
+              "the call (thread stacks, allocator arenas); `extra` is what a call needs beyond its results.", ""]
+    return lines
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
@@ -613,6 +682,12 @@ def main(argv=None):
 
     for line in describe(info):
         log(line)
+    if args.memory_only:
+        for dtype in args.dtypes:
+            for line in measure_peak_memory(args.device, dtype, impls):
+                log(line)
+        return 0
+
     log("measuring the ceiling ...")
     if args.device == "cuda":
         peaks, peak_desc = cuda_peak(args.dtypes)
@@ -713,6 +788,11 @@ def main(argv=None):
     elapsed = time.perf_counter() - t_start
     write_csv(out / f"{stem}.csv", rows)
     table = write_table(out / f"{stem}.md", rows, info, peaks, peak_desc, impls, args, elapsed)
+    if not args.quick:
+        memory = measure_peak_memory(args.device, args.dtypes[0], impls)
+        with open(out / f"{stem}.md", "a") as f:
+            f.write("\n" + "\n".join(memory))
+        table += "\n" + "\n".join(memory)
     plotted = write_plot(out / f"{stem}.png", rows, info, peaks, peak_desc, impls, args)
     log("")
     log(table)
