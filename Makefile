@@ -3,13 +3,14 @@
 #   make demo    train the tutorial network on pylibnn's kernels beside the pure-torch reference
 #   make test    run the test suite
 #   make bench   run the CPU benchmark suite (results under benchmarks/results/)
+#   make sanitize  the kernel tests under ASan + UBSan, in a scratch copy (about 7 minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 
-.PHONY: demo test bench build clean
+.PHONY: demo test bench build clean sanitize
 
 # The environment: made once, remade when this Makefile changes.
 $(VENV)/.deps-installed: Makefile
@@ -30,6 +31,9 @@ test: build
 bench: build
 	$(VPY) -m pip install --quiet matplotlib
 	$(VPY) benchmarks/bench_linear.py
+
+sanitize: $(VENV)/.deps-installed
+	PYTHON=$(VPY) bash scripts/sanitize.sh
 
 clean:
 	rm -rf build pylibnn/_C*.so *.egg-info

@@ -21,6 +21,8 @@ compiler, numpy's best measured GFLOP/s stands in (the report says which). On CU
 ceiling is the best torch.mm (cuBLAS) GFLOP/s at 4096/8192, labelled as such.
 
 Outputs in --out (default benchmarks/results/): linear_<device>[_quick].csv, .md, .png.
+A full (not --quick) run also appends the peak memory of one call at 4096x4096->4096 to the
+.md; --memory-only measures just that, into memory_<device>.md.
 """
 
 import argparse
@@ -628,26 +630,24 @@ def measure_peak_memory(device, dtype, impls, shape=MEMORY_SHAPE):
     lines = [f"## peak memory of one call, {M}×{K}→{N} {dtype}", "",
              "| implementation | mode | peak above start (MiB) | of which results (MiB) | extra (MiB) |",
              "| --- | --- | --- | --- | --- |"]
+    names = [n for n in impls if n in ("pylibnn", "torch")]
     for mode in MODES:
-        try:
-            fns = make_callables(M, K, N, dtype, device, mode, [n for n in impls if n in ("pylibnn", "torch")])
-        except RuntimeError as exc:
-            lines.append(f"| - | {mode} | skipped: {exc} | | |")
-            continue
-        for name, fn in fns.items():
-            if fn is None:
-                continue
-            fn()  # warm up (thread pools, first-touch of the operands)
+        for name in names:
             try:
+                # Warm up (thread pools, code paths) on one set of tensors, measure on a fresh
+                # set: the warm-up's gradients, freed during the next call, would hide its peak.
+                make_callables(M, K, N, dtype, device, mode, [name])[name]()
+                fn = make_callables(M, K, N, dtype, device, mode, [name])[name]
+                if fn is None:
+                    continue
                 peak, result = _peak_above_start(fn, device)
-            except OSError as exc:
+            except (RuntimeError, OSError) as exc:
                 lines.append(f"| {name} | {mode} | unavailable ({exc}) | | |")
                 continue
-            del result
+            del result, fn
             mib = 2**20
             lines.append(f"| {name} | {mode} | {peak / mib:.1f} | {result_bytes[mode] / mib:.1f} | "
                          f"{(peak - result_bytes[mode]) / mib:.1f} |")
-        del fns
     lines += ["", "On the CPU the figure is resident memory, so it also counts pages first touched during "
               "the call (thread stacks, allocator arenas); `extra` is what a call needs beyond its results.", ""]
     return lines
@@ -683,9 +683,17 @@ def main(argv=None):
     for line in describe(info):
         log(line)
     if args.memory_only:
+        lines = [f"# pylibnn.linear: peak memory of one call ({info['device']})", ""]
+        lines += [f"- {p}" for p in describe(info)]
+        lines += ["- command: `" + " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]) + "`", ""]
         for dtype in args.dtypes:
-            for line in measure_peak_memory(args.device, dtype, impls):
-                log(line)
+            lines += measure_peak_memory(args.device, dtype, impls)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"memory_{args.device}.md").write_text("\n".join(lines))
+        for line in lines:
+            log(line)
+        log(f"wrote {out / f'memory_{args.device}.md'}")
         return 0
 
     log("measuring the ceiling ...")

@@ -11,11 +11,13 @@
 #   tests   python -m pytest -q tests -k cuda
 #   tutor   python -m pylibnn --device cuda (tutorial network, pylibnn vs reference)
 #   bench   python benchmarks/bench_linear.py --device cuda --quick --out OUT_DIR
+#   cs-*    compute-sanitizer memcheck and racecheck over a subset of the CUDA tests, with the
+#           budget left (a timeout or a missing tool is a WARN, a sanitizer report a FAIL)
 # Writes OUT_DIR/gpu_check.log (everything) and prints a summary table LAST.
 #
 # Environment: PYTHON (default: python, else python3), GPU_CHECK_BUDGET_S (default 480),
 # TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default: nproc), GPU_CHECK_SKIP_BUILD=1 (use the
-# build already in place), GPU_CHECK_NO_PIP=1 (no pip fallback: it re-points an editable install).
+# build already in place), GPU_CHECK_NO_SANITIZER=1 (skip compute-sanitizer), GPU_CHECK_NO_PIP=1 (no pip fallback: it re-points an editable install).
 set -u
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -181,6 +183,36 @@ if [ "$BENCH_RC" = 0 ]; then
   record bench PASS "bench_linear.py --device cuda --quick -> $OUT_DIR/linear_cuda_quick.{csv,md,png}"
 else
   record bench "$(status_of "$BENCH_RC")" "bench_linear.py --device cuda --quick: $(last_line)"
+fi
+
+# ---------------------------------------------------------------- compute-sanitizer
+# The CUDA tests of the ops (every mask, direct and tiled shapes) and of non-finite values
+# under memcheck (out-of-bounds and misaligned accesses) and racecheck (shared-memory
+# hazards), with whatever budget is left after the benchmark. A timeout is a warning, not a
+# failure (the tool slows torch's start-up by minutes on some drivers); a report fails.
+CS="$(command -v compute-sanitizer 2>/dev/null || true)"
+if [ -z "$CS" ]; then
+  for c in "${CUDA_HOME:-}" "$(dirname "$(dirname "${NVCC:-/none/bin/nvcc}")")" /usr/local/cuda; do
+    if [ -n "$c" ] && [ -x "$c/bin/compute-sanitizer" ]; then CS="$c/bin/compute-sanitizer"; break; fi
+  done
+fi
+if [ "${GPU_CHECK_NO_SANITIZER:-0}" = 1 ]; then
+  STEP_RC=""; STEP_SECS=0; record sanitizer SKIP-OK "GPU_CHECK_NO_SANITIZER=1"
+elif [ -z "$CS" ] || [ "$BUILD_OK" != 1 ]; then
+  STEP_RC=""; STEP_SECS=0
+  record sanitizer WARN "compute-sanitizer not run ($( [ -z "$CS" ] && echo 'tool not found' || echo 'no build'))"
+else
+  for tool in memcheck racecheck; do
+    if [ "$tool" = memcheck ]; then FILTER="cuda and (direct or packed)"; else FILTER="cuda and direct and f32"; fi
+    run_step "cs-$tool" 120 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
+      "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_ops.py tests/test_nonfinite.py -k "$FILTER"
+    case "$STEP_RC" in
+      0) record "cs-$tool" PASS "compute-sanitizer --tool $tool: $(last_line 'ERROR SUMMARY|passed')" ;;
+      124|137) record "cs-$tool" WARN "compute-sanitizer --tool $tool: timed out (${STEP_SECS}s); not a failure" ;;
+      *) if [ "${STEP_SKIPPED:-0}" = 1 ]; then record "cs-$tool" WARN "skipped: budget spent";
+         else record "cs-$tool" FAIL "compute-sanitizer --tool $tool: $(last_line 'ERROR SUMMARY|failed|error')"; fi ;;
+    esac
+  done
 fi
 
 # ---------------------------------------------------------------- summary (printed last)
