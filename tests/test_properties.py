@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import pylibnn
 from pylibnn import ops
-from conftest import BUILD_INFO, assert_close_to_reference, reference_linear
+from conftest import BUILD_INFO, DEVICES, assert_close_to_reference, reference_linear
 
 settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -89,13 +89,16 @@ def _make(case):
     return x, w, b
 
 
-@given(linear_cases())
-def test_linear_matches_float64_reference(case):
+@pytest.mark.parametrize("device", DEVICES)
+@given(case=linear_cases())
+def test_linear_matches_float64_reference(device, case):
     dtype, _, _, _, _, _, _, isa, seed = case
     x, w, b = _make(case)
-    leaves = [t.detach().requires_grad_() for t in (x, w, b) if t is not None]
+    # .to(device) keeps the strides of a view (stride 0 included) only on the CPU; on CUDA the
+    # operands arrive dense, which the CPU cases have already covered for layout.
+    leaves = [t.detach().to(device).requires_grad_() for t in (x, w, b) if t is not None]
     gy_shape = (*x.shape[:-1], w.size(0))
-    gy = torch.randn(gy_shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(dtype)
+    gy = torch.randn(gy_shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(device, dtype)
     expected = reference_linear(*leaves[:2], leaves[2] if b is not None else None, gy)
     ops.set_cpu_isa(isa)
     try:

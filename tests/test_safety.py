@@ -6,7 +6,6 @@ writes an 8 GiB output and needs about 9 GiB of free memory.
 """
 
 import gc
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -197,6 +196,27 @@ def test_out_of_memory_in_backward_then_next_call_correct():
     y = pylibnn.linear(leaf.expand(4, 8), w)
     with pytest.raises(RuntimeError):
         y.backward(torch.ones(5, 16))  # wrong shape: autograd's own check
+    _check_next_call_correct()
+
+
+def test_keyboard_interrupt_between_calls_leaves_next_call_correct():
+    """Ctrl-C (simulated: _thread.interrupt_main from a timer) while a loop of large calls
+    runs: the kernels do not poll for it, so it lands between two calls, and the next call
+    is correct."""
+    import _thread
+    import time
+
+    g = torch.Generator().manual_seed(17)
+    x, w, b = torch.randn(512, 512, generator=g), torch.randn(512, 512, generator=g), torch.randn(512, generator=g)
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pylibnn.linear(x, w, b).sum().item()
+    finally:
+        timer.cancel()
     _check_next_call_correct()
 
 

@@ -10,7 +10,6 @@ subclass, when the input is one pylibnn does not support anyway); where F.linear
 input that pylibnn does not support, pylibnn raises NotImplementedError saying "not supported".
 """
 
-import math
 
 import pytest
 import torch
