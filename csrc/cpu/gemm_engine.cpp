@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <type_traits>
 
@@ -42,6 +43,16 @@ constexpr int64_t kMaxTileElements = 512;  // largest MR x NR of any micro-kerne
 constexpr int64_t kCacheLine = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// M * N * K, saturated: with stride-0 operands the sizes are not bounded by memory, and a
+// wrapped (negative) product would send a huge product down the direct path.
+int64_t multiply_adds(int64_t M, int64_t N, int64_t K) {
+  int64_t mn = 0, mnk = 0;
+  if (__builtin_mul_overflow(M, N, &mn) || __builtin_mul_overflow(mn, K, &mnk)) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return mnk;
+}
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // A 64-byte aligned scratch buffer (packed panels start on a cache line and a zmm boundary).
@@ -176,7 +187,7 @@ void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
   const int64_t kc = (16 * 1024) / (nr * static_cast<int64_t>(sizeof(T)));
   const PaddedBias<T> bias(args, N, nr);
   const int64_t n_tiles = ceil_div(N, nr);
-  const bool parallel = M * N * K >= kParallelMinMultiplyAdds;
+  const bool parallel = multiply_adds(M, N, K) >= kParallelMinMultiplyAdds;
 
   at::parallel_for(0, n_tiles, parallel ? 1 : n_tiles, [&](int64_t begin, int64_t end) {
     for (int64_t jt = begin; jt < end; ++jt) {
@@ -205,7 +216,7 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
   if (args.a_row_sums) std::fill(args.a_row_sums, args.a_row_sums + M, T(0));
   const PaddedBias<T> bias(args, N, nr);
 
-  const bool parallel = M * N * K >= kParallelMinMultiplyAdds;
+  const bool parallel = multiply_adds(M, N, K) >= kParallelMinMultiplyAdds;
   const int64_t threads = parallel ? at::get_num_threads() : 1;
   // Row blocks of (nearly) equal height, as many as a multiple of the thread count when
   // M needs several, so that no thread waits on another's extra block.
@@ -320,7 +331,7 @@ template <typename T>
 void gemm(const GemmArgs<T>& args) {
   const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
   const MicroKernelSet* kernels = selected_microkernels();
-  if (kernels == nullptr || M * N * K <= kDirectPathMaxMultiplyAdds) return gemm_reference(args);
+  if (kernels == nullptr || multiply_adds(M, N, K) <= kDirectPathMaxMultiplyAdds) return gemm_reference(args);
   if (M == 0) return;
   if (N == 0 || K == 0) {
     fill_with_bias(args, M, N);
