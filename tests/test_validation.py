@@ -11,6 +11,8 @@ input that pylibnn does not support, pylibnn raises NotImplementedError saying "
 """
 
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,9 @@ def z(*shape, dtype=torch.float32, device="cpu"):
 
 def quantized(*shape):
     # Quantized tensor creation is deprecated (it warns); it still exists and must be rejected.
-    return torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.quint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.quint8)
 
 
 def nested():
