@@ -108,11 +108,16 @@ def linear(input, weight, bias=None):
     if type(input) is torch.Tensor and input.dim() == 2:
         try:
             return _linear_forward(input, weight, bias)  # the op checks everything else
-        except RuntimeError:
-            # A non-tensor weight or bias gets the dispatcher's RuntimeError; F.linear raises
-            # TypeError. Checking here costs nothing on the path that succeeds.
+        except RuntimeError as error:
+            failure = error
+        # A non-tensor weight or bias gets the dispatcher's RuntimeError; F.linear raises
+        # TypeError. Checking after the failure costs nothing on the path that succeeds, and
+        # outside the except block the traceback shows one error, not two.
+        try:
             _check_ranks(input, weight, bias)
-            raise
+            raise failure
+        finally:
+            failure = None  # no frame -> traceback -> frame cycle left behind
     _check_ranks(input, weight, bias)
     leading_shape = input.shape[:-1]
     # An explicit row count, not -1: reshape cannot infer it when K == 0.
