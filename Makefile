@@ -3,7 +3,7 @@
 #   make demo    train the tutorial network on pylibnn's kernels beside the pure-torch reference
 #   make test    run the test suite
 #   make bench   run the CPU benchmark suite (results under benchmarks/results/)
-#   make sanitize  the kernel tests under ASan + UBSan, in a scratch copy (about 7 minutes)
+#   make sanitize  the kernel tests under ASan + UBSan, in a scratch copy (about 1.5 minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv
