@@ -206,8 +206,13 @@ def test_keyboard_interrupt_between_calls_leaves_next_call_correct():
     import _thread
     import time
 
+    import signal
+
     g = torch.Generator().manual_seed(17)
     x, w, b = torch.randn(512, 512, generator=g), torch.randn(512, 512, generator=g), torch.randn(512, generator=g)
+    # A process started in the background (nohup, `cmd &`, some CI runners) inherits SIGINT
+    # ignored, and then interrupt_main does nothing: install Python's own handler for the test.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, _thread.interrupt_main)
     timer.start()
     try:
@@ -217,6 +222,7 @@ def test_keyboard_interrupt_between_calls_leaves_next_call_correct():
                 pylibnn.linear(x, w, b).sum().item()
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous_handler)
     _check_next_call_correct()
 
 
