@@ -23,6 +23,11 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+# The build and the tests run from the scratch copy: a relative interpreter path (make
+# passes .venv/bin/python) must be made absolute first.
+case "$PYTHON" in
+  */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
+esac
 SCRATCH="${1:-}"
 [ "$#" -gt 0 ] && shift
 [ "${1:-}" = "--" ] && shift
