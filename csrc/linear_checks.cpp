@@ -11,6 +11,7 @@
 // Every message starts with the op name and names the argument, expected and actual values.
 #include "linear_checks.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 namespace pylibnn {
@@ -106,6 +107,18 @@ void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor&
   TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == weight.size(0), op,
               ": expected grad_output of shape [", input.size(0), ", ", weight.size(0),
               "] (M = input.size(0), N = weight.size(0)), but got ", grad_output.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_linear_gradients(const at::Tensor& grad_output,
+                                                                      const at::Tensor& input,
+                                                                      const at::Tensor& weight,
+                                                                      std::array<bool, 3> output_mask) {
+  const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
+  const auto options = grad_output.options();
+  const auto shaped = [&](bool requested, std::initializer_list<int64_t> sizes) {
+    return requested ? at::empty(sizes, options) : at::empty({0}, options);
+  };
+  return {shaped(output_mask[0], {M, K}), shaped(output_mask[1], {N, K}), shaped(output_mask[2], {N})};
 }
 
 }  // namespace pylibnn

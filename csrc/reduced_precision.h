@@ -4,6 +4,10 @@
 // reusing the float32 micro-kernels; they are O(MK + NK + MN) next to O(MNK) arithmetic.
 #pragma once
 
+#include <array>
+#include <optional>
+#include <tuple>
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
 
@@ -23,6 +27,25 @@ inline at::Tensor widen(const at::Tensor& t, bool read = true) {
 inline std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return std::nullopt;
   return widen(*t);
+}
+
+// Runs a backend's float32 forward for bfloat16 / float16 arguments and rounds the result.
+template <typename Forward>
+at::Tensor forward_in_float32(Forward&& forward, const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias) {
+  return forward(widen(input), widen(weight), widen(bias)).to(input.scalar_type());
+}
+
+// The same for the backward; grad_input reads the weight, grad_weight the input, grad_bias
+// neither, so only what a requested gradient reads is widened.
+template <typename Backward>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_in_float32(Backward&& backward, const at::Tensor& grad_output,
+                                                                   const at::Tensor& input, const at::Tensor& weight,
+                                                                   std::array<bool, 3> output_mask) {
+  auto [grad_input, grad_weight, grad_bias] =
+      backward(widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]), output_mask);
+  const at::ScalarType dtype = grad_output.scalar_type();
+  return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
 }
 
 }  // namespace pylibnn

@@ -22,9 +22,7 @@ MatrixView<T> view_of(const at::Tensor& t) {
 at::Tensor linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias) {
   check_linear_forward_args(input, weight, bias);
-  if (is_reduced_precision(input.scalar_type())) {
-    return linear_forward_cpu(widen(input), widen(weight), widen(bias)).to(input.scalar_type());
-  }
+  if (is_reduced_precision(input.scalar_type())) return forward_in_float32(linear_forward_cpu, input, weight, bias);
   const bool has_bias = bias.has_value() && bias->defined();
   at::Tensor output = at::empty({input.size(0), weight.size(0)}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_forward_cpu", [&] {
@@ -45,17 +43,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
                                                                    std::array<bool, 3> output_mask) {
   check_linear_backward_args(grad_output, input, weight);
   if (is_reduced_precision(grad_output.scalar_type())) {
-    // grad_input reads the weight, grad_weight the input, grad_bias neither.
-    auto [grad_input, grad_weight, grad_bias] = linear_backward_cpu(
-        widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]), output_mask);
-    const auto dtype = grad_output.scalar_type();
-    return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+    return backward_in_float32(linear_backward_cpu, grad_output, input, weight, output_mask);
   }
-  const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
-  const auto options = grad_output.options();
-  at::Tensor grad_input = at::empty(output_mask[0] ? at::IntArrayRef{M, K} : at::IntArrayRef{0}, options);
-  at::Tensor grad_weight = at::empty(output_mask[1] ? at::IntArrayRef{N, K} : at::IntArrayRef{0}, options);
-  at::Tensor grad_bias = at::empty(output_mask[2] ? at::IntArrayRef{N} : at::IntArrayRef{0}, options);
+  const int64_t K = input.size(1);
+  // Plain variables, not structured bindings: the dispatch lambda below captures them.
+  at::Tensor grad_input, grad_weight, grad_bias;
+  std::tie(grad_input, grad_weight, grad_bias) = empty_linear_gradients(grad_output, input, weight, output_mask);
 
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cpu", [&] {
     const MatrixView<scalar_t> dy = view_of<scalar_t>(grad_output);
