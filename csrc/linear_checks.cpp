@@ -11,8 +11,12 @@
 // Every message starts with the op name and names the argument, expected and actual values.
 #include "linear_checks.h"
 
+#include <string>
+
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+
+#include "mlp_layout.h"
 
 namespace pylibnn {
 namespace {
@@ -65,8 +69,7 @@ bool broadcasts_to(at::IntArrayRef sizes, int64_t rows, int64_t cols) {
 }  // namespace
 
 void check_linear_forward_args(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "pylibnn.linear_forward";
+                               const std::optional<at::Tensor>& bias, const char* op) {
   const bool has_bias = bias.has_value() && bias->defined();
   check_kind(op, "input", input);
   check_kind(op, "weight", weight);
@@ -91,8 +94,7 @@ void check_linear_forward_args(const at::Tensor& input, const at::Tensor& weight
 }
 
 void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
-                                const at::Tensor& weight) {
-  constexpr const char* op = "pylibnn.linear_backward";
+                                const at::Tensor& weight, const char* op) {
   check_kind(op, "grad_output", grad_output);
   check_kind(op, "input", input);
   check_kind(op, "weight", weight);
@@ -119,6 +121,101 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_linear_gradients(const at::
     return requested ? at::empty(sizes, options) : at::empty({0}, options);
   };
   return {shaped(output_mask[0], {M, K}), shaped(output_mask[1], {N, K}), shaped(output_mask[2], {N})};
+}
+
+Activation activation_from_name(const char* op, std::string_view name) {
+  static constexpr std::pair<std::string_view, Activation> kNames[] = {
+      {"none", Activation::None}, {"relu", Activation::ReLU},     {"gelu", Activation::GELU},
+      {"gelu_tanh", Activation::GELUTanh}, {"silu", Activation::SiLU}, {"tanh", Activation::Tanh},
+      {"sigmoid", Activation::Sigmoid}};
+  for (const auto& [known, activation] : kNames)
+    if (name == known) return activation;
+  TORCH_CHECK_VALUE(false, op, ": expected activation to be one of ", kActivationNames, ", but got '",
+                    std::string(name), "'");
+}
+
+void check_linear_act_forward_args(const at::Tensor& input, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias) {
+  check_linear_forward_args(input, weight, bias, "pylibnn.linear_act_forward");
+}
+
+void check_linear_act_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& weight, const at::Tensor& preactivation) {
+  constexpr const char* op = "pylibnn.linear_act_backward";
+  check_linear_backward_args(grad_output, input, weight, op);
+  check_kind(op, "preactivation", preactivation);
+  check_same_dtype_and_device(op, grad_output, "grad_output", preactivation, "preactivation");
+  TORCH_CHECK(preactivation.sizes() == grad_output.sizes(), op, ": expected preactivation of shape ",
+              grad_output.sizes(), " (the shape of grad_output), but got ", preactivation.sizes());
+}
+
+namespace {
+
+std::vector<int64_t> check_mlp_layers(const char* op, const at::Tensor& input, at::TensorList weights) {
+  TORCH_CHECK(!weights.empty(), op, ": expected at least one weight, but got an empty list");
+  std::vector<int64_t> widths;
+  int64_t fan_in = input.size(1);
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const at::Tensor& w = weights[l];
+    const std::string name = "weights[" + std::to_string(l) + "]";
+    check_kind(op, name.c_str(), w);
+    check_rank(op, name.c_str(), w, 2, "(N_l, K_l)");
+    check_same_dtype_and_device(op, input, "input", w, name.c_str());
+    TORCH_CHECK(w.size(1) == fan_in, op, ": expected ", name, ".size(1) to equal ",
+                l == 0 ? "input.size(1)" : "the previous layer's width", " (", fan_in, "), but got ", name,
+                " of shape ", w.sizes());
+    widths.push_back(w.size(0));
+    fan_in = w.size(0);
+  }
+  return widths;
+}
+
+}  // namespace
+
+std::vector<int64_t> check_mlp_forward_args(const at::Tensor& input, at::TensorList weights,
+                                            const c10::List<std::optional<at::Tensor>>& biases) {
+  constexpr const char* op = "pylibnn.mlp_forward";
+  check_kind(op, "input", input);
+  check_rank(op, "input", input, 2, "(M, K)");
+  const std::vector<int64_t> widths = check_mlp_layers(op, input, weights);
+  TORCH_CHECK(biases.size() == weights.size(), op, ": expected one bias entry (a tensor or None) per weight (",
+              weights.size(), "), but got ", biases.size());
+  for (size_t l = 0; l < biases.size(); ++l) {
+    const std::optional<at::Tensor> bias = biases.get(l);
+    if (!bias.has_value() || !bias->defined()) continue;
+    const std::string name = "biases[" + std::to_string(l) + "]";
+    check_kind(op, name.c_str(), *bias);
+    check_same_dtype_and_device(op, input, "input", *bias, name.c_str());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == widths[l], op, ": expected ", name, " of shape [",
+                widths[l], "] (weights[", l, "].size(0)), but got ", bias->sizes());
+  }
+  return widths;
+}
+
+std::vector<int64_t> check_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                             at::TensorList weights, const at::Tensor& hidden,
+                                             Activation activation, at::ArrayRef<bool> has_bias) {
+  constexpr const char* op = "pylibnn.mlp_backward";
+  check_kind(op, "grad_output", grad_output);
+  check_kind(op, "input", input);
+  check_kind(op, "hidden", hidden);
+  check_rank(op, "input", input, 2, "(M, K)");
+  check_rank(op, "grad_output", grad_output, 2, "(M, N)");
+  check_same_dtype_and_device(op, input, "input", grad_output, "grad_output");
+  check_same_dtype_and_device(op, input, "input", hidden, "hidden");
+  const std::vector<int64_t> widths = check_mlp_layers(op, input, weights);
+  TORCH_CHECK(has_bias.size() == weights.size(), op, ": expected one has_bias entry per weight (", weights.size(),
+              "), but got ", has_bias.size());
+  TORCH_CHECK(grad_output.size(0) == input.size(0) && grad_output.size(1) == widths.back(), op,
+              ": expected grad_output of shape [", input.size(0), ", ", widths.back(),
+              "] (M = input.size(0), N = weights[-1].size(0)), but got ", grad_output.sizes());
+  const MlpHiddenLayout layout(input.size(0), widths, activation != Activation::None);
+  TORCH_CHECK(hidden.dim() == 2 && hidden.size(0) == layout.rows && hidden.size(1) == layout.cols &&
+                  hidden.is_contiguous(),
+              op, ": expected hidden to be the contiguous [", layout.rows, ", ", layout.cols,
+              "] tensor saved by mlp_forward for these shapes, but got shape ", hidden.sizes(),
+              hidden.is_contiguous() ? "" : " (not contiguous)");
+  return widths;
 }
 
 }  // namespace pylibnn

@@ -14,6 +14,29 @@ TORCH_LIBRARY(pylibnn, m) {
   m.def(
       "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask)"
       " -> (Tensor, Tensor, Tensor)");
+
+  // The fused ops (activation names and formulas: activation.h).
+  // (output = act(z), preactivation = z) with z = input @ weight.T + bias, both (M, N);
+  // preactivation is an empty (0,) tensor unless save_preactivation.
+  m.def(
+      "linear_act_forward(Tensor input, Tensor weight, Tensor? bias, str activation, bool save_preactivation)"
+      " -> (Tensor, Tensor)");
+  // linear_backward of grad_z = grad_output * act'(preactivation).
+  m.def(
+      "linear_act_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor preactivation, str activation,"
+      " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // A whole MLP: layer l computes z_l = a_{l-1} @ weights[l].T + biases[l] (a_{-1} = input),
+  // a_l = act(z_l) for every layer but the last, whose z is the output (M, N_{L-1}).
+  // hidden: every hidden layer's z_l and a_l in the layout of mlp_layout.h, or an empty (0,)
+  // tensor unless save_hidden.
+  m.def(
+      "mlp_forward(Tensor input, Tensor[] weights, Tensor?[] biases, str activation, bool save_hidden)"
+      " -> (Tensor, Tensor)");
+  // (grad_input (M, K_0) or empty (0,) unless input_grad, grad_weights[l] (N_l, K_l),
+  //  grad_biases[l] (N_l) where has_bias[l], else empty (0,)).
+  m.def(
+      "mlp_backward(Tensor grad_output, Tensor input, Tensor[] weights, Tensor hidden, str activation,"
+      " bool[] has_bias, bool input_grad) -> (Tensor, Tensor[], Tensor[])");
 }
 
 namespace {
