@@ -194,7 +194,7 @@ std::vector<int64_t> check_mlp_forward_args(const at::Tensor& input, at::TensorL
 
 std::vector<int64_t> check_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                              at::TensorList weights, const at::Tensor& hidden,
-                                             Activation activation, at::ArrayRef<bool> has_bias) {
+                                             Activation activation, const c10::List<bool>& has_bias) {
   constexpr const char* op = "pylibnn.mlp_backward";
   check_kind(op, "grad_output", grad_output);
   check_kind(op, "input", input);

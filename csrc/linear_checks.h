@@ -46,7 +46,7 @@ std::vector<int64_t> check_mlp_forward_args(const at::Tensor& input, at::TensorL
 // returns the widths N_0 .. N_{L-1}.
 std::vector<int64_t> check_mlp_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                                              at::TensorList weights, const at::Tensor& hidden,
-                                             Activation activation, at::ArrayRef<bool> has_bias);
+                                             Activation activation, const c10::List<bool>& has_bias);
 
 // The outputs of linear_backward, as the op contract shapes them: grad_input (M, K),
 // grad_weight (N, K), grad_bias (N); an unrequested one is an empty (0,) tensor.

@@ -10,8 +10,19 @@ import torch
 
 from . import ops
 
-# The overload itself, not the packet: saves resolving it on every call.
+# The overloads themselves, not the packets: saves resolving them on every call.
 _linear_forward = ops.linear_forward.default
+_linear_act_forward = ops.linear_act_forward.default
+
+
+def activation_name(activation, where):
+    """The op's name for an ``activation`` argument: None -> "none"; ValueError if unknown."""
+    if activation is None:
+        return "none"
+    if not isinstance(activation, str) or activation not in ops.ACTIVATIONS or activation == "none":
+        names = ", ".join(repr(a) for a in ops.ACTIVATIONS if a != "none")
+        raise ValueError(f"{where}: expected activation to be None or one of {names}, but got {activation!r}")
+    return activation
 
 
 def _check_ranks(input, weight, bias=None):
@@ -99,12 +110,23 @@ class LinearFunction(torch.autograd.Function):
                 grad_bias if output_mask[2] else None)
 
 
-def linear(input, weight, bias=None):
+def linear(input, weight, bias=None, activation=None):
     """``torch.nn.functional.linear`` on pylibnn's kernels: input (*, K), weight (N, K), bias (N).
 
-    Differentiable through the op's own (C++) autograd, whose backward is the same
-    ``linear_backward`` op that ``LinearFunction`` calls.
+    ``activation`` (None, "relu", "gelu", "gelu_tanh", "silu", "tanh" or "sigmoid") is
+    applied in the GEMM's epilogue, and its derivative while the backward reads
+    grad_output: ``linear(x, W, b, "gelu")`` equals ``F.gelu(F.linear(x, W, b))``
+    ("gelu_tanh" is ``F.gelu(..., approximate="tanh")``) in one op.
+
+    Differentiable through the ops' own (C++) autograd, to any order.
     """
+    if activation is not None:
+        act = activation_name(activation, "pylibnn.linear")
+        _check_ranks(input, weight, bias)
+        leading_shape = input.shape[:-1]
+        input_2d = input.reshape(math.prod(leading_shape), input.size(-1))
+        output = _linear_act_forward(input_2d, weight, bias, act, False)[0]
+        return output.reshape(*leading_shape, weight.size(0))
     if type(input) is torch.Tensor and input.dim() == 2:
         try:
             return _linear_forward(input, weight, bias)  # the op checks everything else

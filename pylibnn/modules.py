@@ -5,20 +5,37 @@ import copy
 
 from torch import nn
 
-from .functional import linear
+from .functional import activation_name, linear
 
 
 class Linear(nn.Linear):
-    """Applies y = x Wᵀ + b with pylibnn's kernels.
+    """Applies y = act(x Wᵀ + b) with pylibnn's kernels (act = identity by default).
 
     A subclass of ``torch.nn.Linear``: the constructor, parameters (``weight`` (out, in),
     ``bias``), initialization, state_dict and repr are nn.Linear's own, so the two load
     each other's state_dicts and code that checks ``isinstance(m, nn.Linear)`` keeps
-    working. Only ``forward`` differs.
+    working. Only ``forward`` differs, and the optional ``activation`` ("relu", "gelu",
+    "gelu_tanh", "silu", "tanh", "sigmoid"), fused into the layer's kernels: it equals
+    ``nn.Sequential(nn.Linear(...), <the activation module>)`` with the same state_dict
+    as the Linear alone.
     """
 
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, activation=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        activation_name(activation, "pylibnn.Linear")
+        self.activation = activation
+
     def forward(self, input):
-        return linear(input, self.weight, self.bias)
+        return linear(input, self.weight, self.bias, self.activation)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.activation is None else f"{text}, activation={self.activation!r}"
+
+    def __setstate__(self, state):
+        # Modules pickled before `activation` existed load as plain layers.
+        state.setdefault("activation", None)
+        super().__setstate__(state)
 
     @classmethod
     def from_linear(cls, layer):

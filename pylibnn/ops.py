@@ -5,6 +5,15 @@ Ops (schemas in csrc/pylibnn.cpp):
     linear_forward(input (M, K), weight (N, K), bias (N)?) -> (M, N)
     linear_backward(grad_output (M, N), input (M, K), weight (N, K), output_mask bool[3])
         -> (grad_input (M, K), grad_weight (N, K), grad_bias (N)); unrequested ones are empty
+    linear_act_forward(input, weight, bias?, activation, save_preactivation)
+        -> (act(input @ weight.T + bias) (M, N), preactivation (M, N) or empty)
+    linear_act_backward(grad_output, input, weight, preactivation, activation, output_mask)
+        -> linear_backward of grad_output * act'(preactivation)
+    mlp_forward(input (M, K_0), weights [(N_l, K_l)], biases [(N_l) or None], activation, save_hidden)
+        -> (output (M, N_{L-1}), hidden (mlp_hidden_shape) or empty)
+    mlp_backward(grad_output, input, weights, hidden, activation, has_bias [bool], input_grad)
+        -> (grad_input (M, K_0) or empty, [grad_weight_l], [grad_bias_l or empty])
+Activations: ACTIVATIONS below; their formulas are in csrc/activation.h.
 """
 
 import torch
@@ -13,6 +22,13 @@ from . import _C
 
 linear_forward = torch.ops.pylibnn.linear_forward
 linear_backward = torch.ops.pylibnn.linear_backward
+linear_act_forward = torch.ops.pylibnn.linear_act_forward
+linear_act_backward = torch.ops.pylibnn.linear_act_backward
+mlp_forward = torch.ops.pylibnn.mlp_forward
+mlp_backward = torch.ops.pylibnn.mlp_backward
+
+# The activation names the fused ops take ("none" is the plain layer).
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
 
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -55,8 +71,7 @@ def _check_k(op, input, weight):
 
 
 @torch.library.register_fake("pylibnn::linear_forward")
-def _linear_forward_fake(input, weight, bias):
-    op = "pylibnn.linear_forward"
+def _linear_forward_fake(input, weight, bias, op="pylibnn.linear_forward"):
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if t is not None:
             _check_kind(op, name, t)
@@ -76,8 +91,7 @@ def _linear_forward_fake(input, weight, bias):
 
 
 @torch.library.register_fake("pylibnn::linear_backward")
-def _linear_backward_fake(grad_output, input, weight, output_mask):
-    op = "pylibnn.linear_backward"
+def _linear_backward_fake(grad_output, input, weight, output_mask, op="pylibnn.linear_backward"):
     for name, t in (("grad_output", grad_output), ("input", input), ("weight", weight)):
         _check_kind(op, name, t)
     for name, t, shape in (("grad_output", grad_output, "(M, N)"), ("input", input, "(M, K)"),
@@ -95,6 +109,104 @@ def _linear_backward_fake(grad_output, input, weight, output_mask):
     grad_weight = grad_output.new_empty((N, K) if output_mask[1] else (0,))
     grad_bias = grad_output.new_empty((N,) if output_mask[2] else (0,))
     return grad_input, grad_weight, grad_bias
+
+
+def check_activation(op, activation):
+    """ValueError naming ``op`` unless ``activation`` is one of ACTIVATIONS."""
+    if activation not in ACTIVATIONS:
+        names = ", ".join(f"'{name}'" for name in ACTIVATIONS[:-1]) + f" or '{ACTIVATIONS[-1]}'"
+        raise ValueError(f"{op}: expected activation to be one of {names}, but got {activation!r}")
+
+
+@torch.library.register_fake("pylibnn::linear_act_forward")
+def _linear_act_forward_fake(input, weight, bias, activation, save_preactivation):
+    op = "pylibnn.linear_act_forward"
+    output = _linear_forward_fake(input, weight, bias, op=op)
+    check_activation(op, activation)
+    return output, input.new_empty(output.shape if save_preactivation else (0,))
+
+
+@torch.library.register_fake("pylibnn::linear_act_backward")
+def _linear_act_backward_fake(grad_output, input, weight, preactivation, activation, output_mask):
+    op = "pylibnn.linear_act_backward"
+    grads = _linear_backward_fake(grad_output, input, weight, output_mask, op=op)
+    _check_kind(op, "preactivation", preactivation)
+    _check_like(op, grad_output, "grad_output", preactivation, "preactivation")
+    torch._check(preactivation.shape == grad_output.shape,
+                 lambda: f"{op}: expected preactivation of shape {list(grad_output.shape)} (the shape of "
+                         f"grad_output), but got {list(preactivation.shape)}")
+    check_activation(op, activation)
+    return grads
+
+
+def mlp_hidden_shape(rows, widths, activation):
+    """The shape of mlp_forward's ``hidden`` (csrc/mlp_layout.h): rows rounded up to 8, and
+    each hidden layer's width rounded up to 16, once for z and once for act(z)."""
+    bands = sum((n + 15) // 16 * 16 for n in widths[:-1])
+    return ((rows + 7) // 8 * 8, bands if activation == "none" else 2 * bands)
+
+
+def _check_mlp_layers(op, input, weights):
+    torch._check(len(weights) > 0, lambda: f"{op}: expected at least one weight, but got an empty list")
+    fan_in = input.size(1)
+    for l, w in enumerate(weights):
+        name = f"weights[{l}]"
+        _check_kind(op, name, w)
+        _check_rank(op, name, w, 2, "(N_l, K_l)")
+        _check_like(op, input, "input", w, name)
+        torch._check(w.size(1) == fan_in,
+                     lambda: f"{op}: expected {name}.size(1) to equal "
+                             f"{'input.size(1)' if l == 0 else 'the previous layer width'} ({fan_in}), "
+                             f"but got {name} of shape {list(w.shape)}")
+        fan_in = w.size(0)
+    return [w.size(0) for w in weights]
+
+
+@torch.library.register_fake("pylibnn::mlp_forward")
+def _mlp_forward_fake(input, weights, biases, activation, save_hidden):
+    op = "pylibnn.mlp_forward"
+    _check_kind(op, "input", input)
+    _check_rank(op, "input", input, 2, "(M, K)")
+    widths = _check_mlp_layers(op, input, weights)
+    torch._check(len(biases) == len(weights),
+                 lambda: f"{op}: expected one bias entry (a tensor or None) per weight ({len(weights)}), "
+                         f"but got {len(biases)}")
+    for l, b in enumerate(biases):
+        if b is not None:
+            _check_kind(op, f"biases[{l}]", b)
+            _check_like(op, input, "input", b, f"biases[{l}]")
+            torch._check(b.dim() == 1 and b.size(0) == widths[l],
+                         lambda: f"{op}: expected biases[{l}] of shape [{widths[l]}], but got {list(b.shape)}")
+    check_activation(op, activation)
+    output = input.new_empty((input.size(0), widths[-1]))
+    hidden = input.new_empty(mlp_hidden_shape(input.size(0), widths, activation) if save_hidden else (0,))
+    return output, hidden
+
+
+@torch.library.register_fake("pylibnn::mlp_backward")
+def _mlp_backward_fake(grad_output, input, weights, hidden, activation, has_bias, input_grad):
+    op = "pylibnn.mlp_backward"
+    check_activation(op, activation)
+    for name, t in (("grad_output", grad_output), ("input", input), ("hidden", hidden)):
+        _check_kind(op, name, t)
+    _check_rank(op, "input", input, 2, "(M, K)")
+    _check_rank(op, "grad_output", grad_output, 2, "(M, N)")
+    _check_like(op, input, "input", grad_output, "grad_output")
+    _check_like(op, input, "input", hidden, "hidden")
+    widths = _check_mlp_layers(op, input, weights)
+    torch._check(len(has_bias) == len(weights),
+                 lambda: f"{op}: expected one has_bias entry per weight ({len(weights)}), but got {len(has_bias)}")
+    M = input.size(0)
+    torch._check(grad_output.size(0) == M and grad_output.size(1) == widths[-1],
+                 lambda: f"{op}: expected grad_output of shape [{M}, {widths[-1]}], but got {list(grad_output.shape)}")
+    expected = mlp_hidden_shape(M, widths, activation)
+    torch._check(hidden.dim() == 2 and hidden.size(0) == expected[0] and hidden.size(1) == expected[1],
+                 lambda: f"{op}: expected hidden to be the contiguous {list(expected)} tensor saved by "
+                         f"mlp_forward for these shapes, but got shape {list(hidden.shape)}")
+    grad_input = input.new_empty((M, input.size(1)) if input_grad else (0,))
+    grad_weights = [w.new_empty(w.shape) for w in weights]
+    grad_biases = [input.new_empty((n,) if has else (0,)) for n, has in zip(widths, has_bias)]
+    return grad_input, grad_weights, grad_biases
 
 
 def build_info():

@@ -90,4 +90,11 @@ void select_isa(const std::string& name) { current().store(find_supported(name))
 
 const MicroKernelSet* selected_microkernels() { return current().load()->kernels; }
 
+const MicroKernelSet& fused_microkernels() {
+  const MicroKernelSet* selected = selected_microkernels();
+  if (selected) return *selected;
+  static const MicroKernelSet portable = microkernels_portable();
+  return portable;
+}
+
 }  // namespace pylibnn::cpu

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/gemm_microkernels.h"
@@ -21,5 +22,22 @@ void select_isa(const std::string& name);
 
 // The micro-kernels of the selected path; nullptr when "reference" is selected.
 const MicroKernelSet* selected_microkernels();
+
+// The kernels of the fused ops (panel GEMMs, activations): the selected set, or the
+// portable one when "reference" is selected.
+const MicroKernelSet& fused_microkernels();
+
+// The float32 or float64 member of a set, for code templated on the scalar type.
+template <typename T>
+const PanelKernels<T>& panel_kernels(const MicroKernelSet& set) {
+  if constexpr (std::is_same_v<T, float>) return set.panel_f32;
+  else return set.panel_f64;
+}
+
+template <typename T>
+const ActivationKernels<T>& activation_kernels(const MicroKernelSet& set) {
+  if constexpr (std::is_same_v<T, float>) return set.activation_f32;
+  else return set.activation_f64;
+}
 
 }  // namespace pylibnn::cpu

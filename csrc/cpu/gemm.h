@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "activation.h"
+
 namespace pylibnn::cpu {
 
 // Element (i, j) is data[i * row_stride + j * col_stride].
@@ -33,6 +35,12 @@ struct GemmArgs {
   const T* bias = nullptr;       // (N) added to every row of C, or nullptr
   int64_t bias_stride = 1;
   T* a_row_sums = nullptr;       // (M) receives sum_k A(i, k), or nullptr
+  // Epilogue of the fused activations, applied to each tile of C once its last k block is
+  // stored (while it is still in cache): z = C is copied to preactivation (M, N; leading
+  // dimension ld_preactivation) when that is given, then C = act(z) in place.
+  Activation activation = Activation::None;
+  T* preactivation = nullptr;
+  int64_t ld_preactivation = 0;
 };
 
 // The blocked, packed, parallel engine with the selected micro-kernels
@@ -43,6 +51,10 @@ void gemm(const GemmArgs<T>& args);
 // The naive triple loop: the ground truth the engine is tested against.
 template <typename T>
 void gemm_reference(const GemmArgs<T>& args);
+
+// The epilogue of args (above) on the block C[i:i+rows, j:j+cols].
+template <typename T>
+void gemm_epilogue(const GemmArgs<T>& args, int64_t i, int64_t j, int64_t rows, int64_t cols);
 
 // out[i] = sum_j m(i, j), each row summed in a fixed order (deterministic).
 template <typename T>

@@ -19,7 +19,8 @@
 // full tiles; edge tiles of C are computed into a small buffer and copied out.
 // With a single row block of A, B is not packed where its rows are contiguous: the
 // micro-kernel reads it in place (grad_input = dy @ W for a thin batch).
-// The bias is added by the micro-kernel when the last kc block is stored (fused epilogue).
+// The bias is added by the micro-kernel when the last kc block is stored (fused epilogue);
+// the activation epilogue (linear_act_forward) follows on the same tile, still in L1.
 // Row sums of A (grad_bias while packing grad_output^T for grad_weight) are taken from the
 // packed A panels in the first jc pass, by the one task that owns those rows in each pass:
 // every row is summed in the same order on every run, whatever the thread count.
@@ -145,6 +146,11 @@ void pack_b_panel(const MatrixView<T>& b, int64_t pc, int64_t kc, int64_t j0, in
   }
 }
 
+template <typename T>
+bool has_epilogue(const GemmArgs<T>& args) {
+  return args.preactivation != nullptr || args.activation != Activation::None;
+}
+
 // C = bias (or 0) on every row: the whole product when K == 0.
 template <typename T>
 void fill_with_bias(const GemmArgs<T>& args, int64_t M, int64_t N) {
@@ -188,6 +194,7 @@ void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
   const PaddedBias<T> bias(args, N, nr);
   const int64_t n_tiles = ceil_div(N, nr);
   const bool parallel = multiply_adds(M, N, K) >= kParallelMinMultiplyAdds;
+  const bool epilogue = has_epilogue(args);
 
   at::parallel_for(0, n_tiles, parallel ? 1 : n_tiles, [&](int64_t begin, int64_t end) {
     for (int64_t jt = begin; jt < end; ++jt) {
@@ -199,6 +206,7 @@ void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
         for (int64_t i = 0; i < M; i += mr) {
           kernel.run(depth, &a(i, pc), a.row_stride, &b(pc, j), b.col_stride, args.c + i * args.ldc + j, args.ldc,
                      std::min(mr, M - i), cols, pc > 0, tile_bias);
+          if (epilogue && pc + depth == K) gemm_epilogue(args, i, j, std::min(mr, M - i), cols);
         }
       }
     }
@@ -217,6 +225,7 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
   const PaddedBias<T> bias(args, N, nr);
 
   const bool parallel = multiply_adds(M, N, K) >= kParallelMinMultiplyAdds;
+  const bool epilogue = has_epilogue(args);
   const int64_t threads = parallel ? at::get_num_threads() : 1;
   // Row blocks of (nearly) equal height, as many as a multiple of the thread count when
   // M needs several, so that no thread waits on another's extra block.
@@ -293,6 +302,7 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
                     c[r * args.ldc + q] = accumulate ? c[r * args.ldc + q] + value : value;
                   }
               }
+              if (epilogue && pc + kc == K) gemm_epilogue(args, ic + i0, j, rows, cols);
             }
           }
         }
@@ -302,6 +312,17 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
 }
 
 }  // namespace
+
+template <typename T>
+void gemm_epilogue(const GemmArgs<T>& args, int64_t i, int64_t j, int64_t rows, int64_t cols) {
+  T* c = args.c + i * args.ldc + j;
+  if (args.preactivation) {
+    T* z = args.preactivation + i * args.ld_preactivation + j;
+    for (int64_t r = 0; r < rows; ++r) std::copy(c + r * args.ldc, c + r * args.ldc + cols, z + r * args.ld_preactivation);
+  }
+  if (args.activation == Activation::None) return;
+  activation_kernels<T>(fused_microkernels()).activate(args.activation, c, args.ldc, c, args.ldc, rows, cols);
+}
 
 template <typename T>
 void row_sums(const MatrixView<T>& m, T* out) {
@@ -331,10 +352,15 @@ template <typename T>
 void gemm(const GemmArgs<T>& args) {
   const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
   const MicroKernelSet* kernels = selected_microkernels();
-  if (kernels == nullptr || multiply_adds(M, N, K) <= kDirectPathMaxMultiplyAdds) return gemm_reference(args);
+  if (kernels == nullptr || multiply_adds(M, N, K) <= kDirectPathMaxMultiplyAdds) {
+    gemm_reference(args);
+    if (has_epilogue(args)) gemm_epilogue(args, 0, 0, M, N);
+    return;
+  }
   if (M == 0) return;
   if (N == 0 || K == 0) {
     fill_with_bias(args, M, N);
+    if (has_epilogue(args)) gemm_epilogue(args, 0, 0, M, N);
     if (args.a_row_sums) row_sums(args.a, args.a_row_sums);
     return;
   }
@@ -352,6 +378,8 @@ void gemm(const GemmArgs<T>& args) {
 
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
+template void gemm_epilogue<float>(const GemmArgs<float>&, int64_t, int64_t, int64_t, int64_t);
+template void gemm_epilogue<double>(const GemmArgs<double>&, int64_t, int64_t, int64_t, int64_t);
 template void row_sums<float>(const MatrixView<float>&, float*);
 template void row_sums<double>(const MatrixView<double>&, double*);
 

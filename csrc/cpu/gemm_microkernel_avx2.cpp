@@ -4,7 +4,19 @@
 //   dot (thin forward): 2 x 4 tile = 8 ymm accumulators; 1 x 8 for a single row
 // 12 accumulators + 2 B vectors + 1 broadcast fill 15 of the 16 ymm registers. Partial
 // vectors in the dot kernel use maskload, so no load leaves the operand.
+//   panel (fused MLP): 4 x up to 3 vectors = 12 ymm accumulators
+//   activations: SLEEF exp / tanh / erf on ymm vectors
 #include <immintrin.h>
+
+// SLEEF's vector math, as exported by libtorch_cpu (torch's own AVX2 activations call these).
+extern "C" {
+__m256 Sleef_expf8_u10avx2(__m256);
+__m256 Sleef_tanhf8_u10avx2(__m256);
+__m256 Sleef_erff8_u10avx2(__m256);
+__m256d Sleef_expd4_u10avx2(__m256d);
+__m256d Sleef_tanhd4_u10avx2(__m256d);
+__m256d Sleef_erfd4_u10avx2(__m256d);
+}
 
 #include "gemm_microkernel_templates.h"
 #include "gemm_microkernels.h"
@@ -32,6 +44,15 @@ struct Float32x8 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  static Vec set1(float s) { return _mm256_set1_ps(s); }
+  static Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  static Vec div(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+  static Vec exp(Vec v) { return Sleef_expf8_u10avx2(v); }
+  static Vec tanh(Vec v) { return Sleef_tanhf8_u10avx2(v); }
+  static Vec erf(Vec v) { return Sleef_erff8_u10avx2(v); }
+  // (z <= 0) ? 0 : v; a NaN z keeps v (relu passes NaN on, as torch's does)
+  static Vec zero_where_not_positive(Vec z, Vec v) { return _mm256_and_ps(_mm256_cmp_ps(z, zero(), _CMP_NLE_UQ), v); }
 };
 
 struct Float64x4 {
@@ -52,6 +73,14 @@ struct Float64x4 {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
   }
+  static Vec set1(double s) { return _mm256_set1_pd(s); }
+  static Vec mul(Vec a, Vec b) { return _mm256_mul_pd(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm256_sub_pd(a, b); }
+  static Vec div(Vec a, Vec b) { return _mm256_div_pd(a, b); }
+  static Vec exp(Vec v) { return Sleef_expd4_u10avx2(v); }
+  static Vec tanh(Vec v) { return Sleef_tanhd4_u10avx2(v); }
+  static Vec erf(Vec v) { return Sleef_erfd4_u10avx2(v); }
+  static Vec zero_where_not_positive(Vec z, Vec v) { return _mm256_and_pd(_mm256_cmp_pd(z, zero(), _CMP_NLE_UQ), v); }
 };
 
 }  // namespace
@@ -65,6 +94,14 @@ MicroKernelSet microkernels_avx2() {
       DotKernel<double>{2, 4, &dot_kernel<Float64x4, 2, 4>},
       DotKernel<float>{1, 8, &dot_kernel<Float32x8, 1, 8>},
       DotKernel<double>{1, 8, &dot_kernel<Float64x4, 1, 8>},
+      PanelKernels<float>{4, 8, 3,
+                          {&panel_kernel<Float32x8, 4, 1>, &panel_kernel<Float32x8, 4, 2>,
+                           &panel_kernel<Float32x8, 4, 3>, nullptr}},
+      PanelKernels<double>{4, 4, 3,
+                           {&panel_kernel<Float64x4, 4, 1>, &panel_kernel<Float64x4, 4, 2>,
+                            &panel_kernel<Float64x4, 4, 3>, nullptr}},
+      ActivationKernels<float>{&activate_block<Float32x8>, &activation_gradient_block<Float32x8>},
+      ActivationKernels<double>{&activate_block<Float64x4>, &activation_gradient_block<Float64x4>},
   };
 }
 

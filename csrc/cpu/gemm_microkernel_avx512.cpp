@@ -9,6 +9,17 @@
 // kernel use mask registers, so no load leaves the operand.
 #include <immintrin.h>
 
+// SLEEF's vector math, as exported by libtorch_cpu (torch's own vectorized tanh, exp and
+// erf call these); 1-ULP variants.
+extern "C" {
+__m512 Sleef_expf16_u10avx512f(__m512);
+__m512 Sleef_tanhf16_u10avx512f(__m512);
+__m512 Sleef_erff16_u10avx512f(__m512);
+__m512d Sleef_expd8_u10avx512f(__m512d);
+__m512d Sleef_tanhd8_u10avx512f(__m512d);
+__m512d Sleef_erfd8_u10avx512f(__m512d);
+}
+
 #include "gemm_microkernel_templates.h"
 #include "gemm_microkernels.h"
 
@@ -27,6 +38,17 @@ struct Float32x16 {
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
   static float sum(Vec v) { return _mm512_reduce_add_ps(v); }
+  static Vec set1(float s) { return _mm512_set1_ps(s); }
+  static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  static Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+  static Vec exp(Vec v) { return Sleef_expf16_u10avx512f(v); }
+  static Vec tanh(Vec v) { return Sleef_tanhf16_u10avx512f(v); }
+  static Vec erf(Vec v) { return Sleef_erff16_u10avx512f(v); }
+  // (z <= 0) ? 0 : v; a NaN z keeps v (relu passes NaN on, as torch's does)
+  static Vec zero_where_not_positive(Vec z, Vec v) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, zero(), _CMP_NLE_UQ), v);
+  }
 };
 
 struct Float64x8 {
@@ -41,6 +63,16 @@ struct Float64x8 {
   static Vec add(Vec a, Vec b) { return _mm512_add_pd(a, b); }
   static void store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
   static double sum(Vec v) { return _mm512_reduce_add_pd(v); }
+  static Vec set1(double s) { return _mm512_set1_pd(s); }
+  static Vec mul(Vec a, Vec b) { return _mm512_mul_pd(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm512_sub_pd(a, b); }
+  static Vec div(Vec a, Vec b) { return _mm512_div_pd(a, b); }
+  static Vec exp(Vec v) { return Sleef_expd8_u10avx512f(v); }
+  static Vec tanh(Vec v) { return Sleef_tanhd8_u10avx512f(v); }
+  static Vec erf(Vec v) { return Sleef_erfd8_u10avx512f(v); }
+  static Vec zero_where_not_positive(Vec z, Vec v) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(z, zero(), _CMP_NLE_UQ), v);
+  }
 };
 
 }  // namespace
@@ -54,6 +86,14 @@ MicroKernelSet microkernels_avx512() {
       DotKernel<double>{4, 4, &dot_kernel<Float64x8, 4, 4>},
       DotKernel<float>{1, 8, &dot_kernel<Float32x16, 1, 8>},
       DotKernel<double>{1, 8, &dot_kernel<Float64x8, 1, 8>},
+      PanelKernels<float>{4, 16, 4,
+                          {&panel_kernel<Float32x16, 4, 1>, &panel_kernel<Float32x16, 4, 2>,
+                           &panel_kernel<Float32x16, 4, 3>, &panel_kernel<Float32x16, 4, 4>}},
+      PanelKernels<double>{4, 8, 4,
+                           {&panel_kernel<Float64x8, 4, 1>, &panel_kernel<Float64x8, 4, 2>,
+                            &panel_kernel<Float64x8, 4, 3>, &panel_kernel<Float64x8, 4, 4>}},
+      ActivationKernels<float>{&activate_block<Float32x16>, &activation_gradient_block<Float32x16>},
+      ActivationKernels<double>{&activate_block<Float64x8>, &activation_gradient_block<Float64x8>},
   };
 }
 

@@ -1,6 +1,7 @@
 // Portable micro-kernels: plain C++ for any CPU (the compiler vectorizes with the
 // baseline instruction set, SSE2 on x86-64).
 //   broadcast: 4 x 8 tile;  dot (thin forward): 2 x 4 tile of scalar dot products
+//   panel (fused MLP): 4 x (8, 16, 24 or 32);  activations: the scalar formulas of activation.h
 #include "gemm_microkernels.h"
 
 namespace pylibnn::cpu {
@@ -42,6 +43,48 @@ void dot_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T*
     }
 }
 
+// Panel kernel with 8-column "vectors" of plain scalars.
+constexpr int kPortableLanes = 8;
+
+template <typename T, int MR, int NV>
+void panel_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b, int64_t ldb,
+                  T* c, int64_t ldc, bool accumulate, const T* bias) {
+  constexpr int NR = NV * kPortableLanes;
+  T acc[MR][NR] = {};
+  for (int64_t p = 0; p < depth; ++p) {
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i * a_row_stride];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+    a += a_col_stride;
+    b += ldb;
+  }
+  for (int i = 0; i < MR; ++i) {
+    T* ci = c + i * ldc;
+    for (int j = 0; j < NR; ++j) {
+      const T out = bias ? acc[i][j] + bias[j] : acc[i][j];
+      ci[j] = accumulate ? ci[j] + out : out;
+    }
+  }
+}
+
+template <typename T>
+void activate_block(Activation act, const T* z, int64_t ldz, T* y, int64_t ldy, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) y[i * ldy + j] = apply_activation(act, z[i * ldz + j]);
+}
+
+template <typename T>
+void activation_gradient_block(Activation act, const T* grad, int64_t ldg, const T* z, int64_t ldz, const T* y,
+                               int64_t ldy, T* out, int64_t ldo, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const T zij = z[i * ldz + j];
+      const T yij = y ? y[i * ldy + j] : apply_activation(act, zij);
+      out[i * ldo + j] = grad[i * ldg + j] * activation_derivative(act, zij, yij);
+    }
+}
+
 }  // namespace
 
 MicroKernelSet microkernels_portable() {
@@ -53,6 +96,14 @@ MicroKernelSet microkernels_portable() {
       DotKernel<double>{2, 4, &dot_kernel<double, 2, 4>},
       DotKernel<float>{1, 4, &dot_kernel<float, 1, 4>},
       DotKernel<double>{1, 4, &dot_kernel<double, 1, 4>},
+      PanelKernels<float>{4, kPortableLanes, 4,
+                          {&panel_kernel<float, 4, 1>, &panel_kernel<float, 4, 2>, &panel_kernel<float, 4, 3>,
+                           &panel_kernel<float, 4, 4>}},
+      PanelKernels<double>{4, kPortableLanes, 4,
+                           {&panel_kernel<double, 4, 1>, &panel_kernel<double, 4, 2>, &panel_kernel<double, 4, 3>,
+                            &panel_kernel<double, 4, 4>}},
+      ActivationKernels<float>{&activate_block<float>, &activation_gradient_block<float>},
+      ActivationKernels<double>{&activate_block<double>, &activation_gradient_block<double>},
   };
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include "activation.h"
 
 namespace pylibnn::cpu {
 namespace {
@@ -110,6 +111,153 @@ void dot_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const type
       Scalar* cij = c + i * ldc + j;
       *cij = accumulate ? *cij + value : value;
     }
+}
+
+}  // namespace
+}  // namespace pylibnn::cpu
+
+namespace pylibnn::cpu {
+namespace {
+
+// Panel kernel (gemm_microkernels.h): MR x NV vectors of C, A read through both strides.
+template <typename V, int MR, int NV>
+void panel_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
+                  const typename V::Scalar* b, int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate,
+                  const typename V::Scalar* bias) {
+  using Vec = typename V::Vec;
+  Vec acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t p = 0; p < depth; ++p) {
+    Vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const Vec ai = V::broadcast(a + i * a_row_stride);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+    }
+    a += a_col_stride;
+    b += ldb;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    typename V::Scalar* ci = c + i * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      Vec out = bias ? V::add(acc[i][v], V::load(bias + v * V::lanes)) : acc[i][v];
+      if (accumulate) out = V::add(out, V::load(ci + v * V::lanes));
+      V::store(ci + v * V::lanes, out);
+    }
+  }
+}
+
+// act(z) for one vector; the formulas of activation.h with the vector math of V (SLEEF's
+// exp, tanh and erf, as torch's own vectorized activations use).
+template <typename V>
+typename V::Vec activate_vector(Activation act, typename V::Vec z) {
+  using Scalar = typename V::Scalar;
+  const auto c = [](double value) { return V::set1(Scalar(value)); };
+  switch (act) {
+    case Activation::None: return z;
+    case Activation::ReLU: return V::zero_where_not_positive(z, z);
+    case Activation::GELU: return V::mul(V::mul(z, c(0.5)), V::add(c(1), V::erf(V::mul(z, c(M_SQRT1_2)))));
+    case Activation::GELUTanh: {
+      const typename V::Vec z3 = V::mul(V::mul(z, z), z);
+      const typename V::Vec inner = V::mul(c(M_SQRT2 * M_2_SQRTPI * 0.5), V::fmadd(c(0.044715), z3, z));
+      return V::mul(V::mul(c(0.5), z), V::add(c(1), V::tanh(inner)));
+    }
+    case Activation::SiLU: return V::div(z, V::add(c(1), V::exp(V::sub(V::zero(), z))));
+    case Activation::Tanh: return V::tanh(z);
+    case Activation::Sigmoid: return V::div(c(1), V::add(c(1), V::exp(V::sub(V::zero(), z))));
+  }
+  return z;
+}
+
+// grad * act'(z) for one vector, y = act(z) given (see activation.h).
+template <typename V>
+typename V::Vec activation_gradient_vector(Activation act, typename V::Vec grad, typename V::Vec z,
+                                           typename V::Vec y) {
+  using Scalar = typename V::Scalar;
+  using Vec = typename V::Vec;
+  const auto c = [](double value) { return V::set1(Scalar(value)); };
+  switch (act) {
+    case Activation::None: return grad;
+    case Activation::ReLU: return V::zero_where_not_positive(z, grad);
+    case Activation::GELU: {
+      const Vec cdf = V::mul(c(0.5), V::add(c(1), V::erf(V::mul(z, c(M_SQRT1_2)))));
+      const Vec pdf = V::mul(V::exp(V::mul(c(-0.5), V::mul(z, z))), c(M_2_SQRTPI * M_SQRT1_2 * 0.5));
+      return V::mul(grad, V::fmadd(z, pdf, cdf));
+    }
+    case Activation::GELUTanh: {
+      const Vec beta = c(M_SQRT2 * M_2_SQRTPI * 0.5);
+      const Vec z2 = V::mul(z, z);
+      const Vec t = V::tanh(V::mul(beta, V::fmadd(V::mul(c(0.044715), z2), z, z)));
+      const Vec inner_derivative = V::mul(beta, V::fmadd(c(3 * 0.044715), z2, c(1)));
+      const Vec left = V::mul(c(0.5), V::add(c(1), t));
+      const Vec right = V::mul(V::mul(V::mul(c(0.5), z), V::sub(c(1), V::mul(t, t))), inner_derivative);
+      return V::mul(grad, V::add(left, right));
+    }
+    case Activation::SiLU: {
+      const Vec s = V::div(c(1), V::add(c(1), V::exp(V::sub(V::zero(), z))));
+      return V::mul(grad, V::mul(s, V::fmadd(z, V::sub(c(1), s), c(1))));
+    }
+    case Activation::Tanh: return V::mul(grad, V::sub(c(1), V::mul(y, y)));
+    case Activation::Sigmoid: return V::mul(grad, V::mul(y, V::sub(c(1), y)));
+  }
+  return grad;
+}
+
+// Applies f to every row of a rows x cols block, whole vectors first; the last cols % lanes
+// columns go through a zero-padded stack copy, so no access leaves the block.
+template <typename V, typename Fn>
+void for_each_vector(int64_t rows, int64_t cols, Fn&& fn) {
+  for (int64_t i = 0; i < rows; ++i) {
+    int64_t j = 0;
+    for (; j + V::lanes <= cols; j += V::lanes) fn(i, j, V::lanes);
+    if (j < cols) fn(i, j, cols - j);
+  }
+}
+
+template <typename V>
+typename V::Vec load_part(const typename V::Scalar* p, int64_t n) {
+  if (n == V::lanes) return V::load(p);
+  alignas(64) typename V::Scalar tmp[V::lanes] = {};
+  for (int64_t k = 0; k < n; ++k) tmp[k] = p[k];
+  return V::load(tmp);
+}
+
+template <typename V>
+void store_part(typename V::Scalar* p, typename V::Vec v, int64_t n) {
+  if (n == V::lanes) return V::store(p, v);
+  alignas(64) typename V::Scalar tmp[V::lanes];
+  V::store(tmp, v);
+  for (int64_t k = 0; k < n; ++k) p[k] = tmp[k];
+}
+
+template <typename V>
+void activate_block(Activation act, const typename V::Scalar* z, int64_t ldz, typename V::Scalar* y, int64_t ldy,
+                    int64_t rows, int64_t cols) {
+  for_each_vector<V>(rows, cols, [&](int64_t i, int64_t j, int64_t n) {
+    store_part<V>(y + i * ldy + j, activate_vector<V>(act, load_part<V>(z + i * ldz + j, n)), n);
+  });
+}
+
+template <typename V>
+void activation_gradient_block(Activation act, const typename V::Scalar* grad, int64_t ldg,
+                               const typename V::Scalar* z, int64_t ldz, const typename V::Scalar* y, int64_t ldy,
+                               typename V::Scalar* out, int64_t ldo, int64_t rows, int64_t cols) {
+  const bool needs_y = act == Activation::Tanh || act == Activation::Sigmoid;
+  for_each_vector<V>(rows, cols, [&](int64_t i, int64_t j, int64_t n) {
+    const typename V::Vec zv = load_part<V>(z + i * ldz + j, n);
+    typename V::Vec yv = zv;
+    if (needs_y) yv = y ? load_part<V>(y + i * ldy + j, n) : activate_vector<V>(act, zv);
+    store_part<V>(out + i * ldo + j,
+                  activation_gradient_vector<V>(act, load_part<V>(grad + i * ldg + j, n), zv, yv), n);
+  });
 }
 
 }  // namespace

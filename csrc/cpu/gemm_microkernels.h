@@ -21,6 +21,8 @@
 
 #include <cstdint>
 
+#include "activation.h"
+
 namespace pylibnn::cpu {
 
 template <typename T>
@@ -45,6 +47,35 @@ struct DotKernel {
   DotKernelFn<T> run;
 };
 
+// Panel kernel, for the fused MLP (mlp_cpu.cpp): one MR x (nv * lanes) tile of
+//   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a[i * a_row_stride + p * a_col_stride] * b[p * ldb + j]
+//                    + (bias ? bias[j] : 0)                  for i < MR, j < nv * lanes, p < depth
+// with A read in place through both strides (an activation tile, or its transpose for a
+// weight gradient) and B rows of whole vectors (padded weights or activation tiles).
+// run[nv - 1] computes nv vectors of columns, nv = 1 .. max_vectors.
+template <typename T>
+using PanelKernelFn = void (*)(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
+                               int64_t ldb, T* c, int64_t ldc, bool accumulate, const T* bias);
+
+template <typename T>
+struct PanelKernels {
+  int64_t mr;
+  int64_t lanes;
+  int64_t max_vectors;
+  PanelKernelFn<T> run[4];
+};
+
+// Activation kernels over a rows x cols block (the GEMM epilogues and the fused backward):
+//   activate:  y[i * ldy + j] = act(z[i * ldz + j])                         (y may be z)
+//   gradient:  out[i * ldo + j] = grad[i * ldg + j] * act'(z, y)(i, j)      (out may be grad;
+//              y == nullptr recomputes it from z where act' needs it)
+template <typename T>
+struct ActivationKernels {
+  void (*activate)(Activation act, const T* z, int64_t ldz, T* y, int64_t ldy, int64_t rows, int64_t cols);
+  void (*gradient)(Activation act, const T* grad, int64_t ldg, const T* z, int64_t ldz, const T* y, int64_t ldy,
+                   T* out, int64_t ldo, int64_t rows, int64_t cols);
+};
+
 struct MicroKernelSet {
   const char* isa;
   MicroKernel<float> f32;
@@ -53,6 +84,10 @@ struct MicroKernelSet {
   DotKernel<double> dot_f64;
   DotKernel<float> dot_row_f32;   // one row of A per tile, for M < dot.mr (e.g. a single input)
   DotKernel<double> dot_row_f64;
+  PanelKernels<float> panel_f32;
+  PanelKernels<double> panel_f64;
+  ActivationKernels<float> activation_f32;
+  ActivationKernels<double> activation_f64;
 };
 
 MicroKernelSet microkernels_portable();

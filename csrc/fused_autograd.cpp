@@ -1,0 +1,301 @@
+// Autograd for the fused ops, in C++ (as linear_autograd.cpp for the plain layer):
+//   linear_act_forward  y = act(x Wᵀ + b); its backward is the linear_act_backward op on the
+//                       saved pre-activation z.
+//   mlp_forward         the whole network; its backward is the mlp_backward op on the saved
+//                       hidden activations.
+// First-order backward (the usual case) runs the fused kernels. A backward that must itself
+// be differentiable (create_graph=True, gradgradcheck, gradient penalties) is instead written
+// with differentiable pieces: the forward's pre-activations are recomputed with the
+// linear_forward op (so they depend on x, W and b), activation derivatives are composed from
+// elementwise torch ops, and the products are the linear_backward op, whose own autograd
+// (linear_autograd.cpp) carries derivatives of any order. The same composition is the
+// Autograd kernel of the two backward ops when their inputs require grad.
+#include <string>
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/erf.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/tanh.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "linear_checks.h"
+#include "mlp_layout.h"
+#include "op_calls.h"
+
+namespace pylibnn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && requires_grad(*t); }
+
+// act(z) and act'(z) from differentiable elementwise ops (the formulas of activation.h).
+at::Tensor activation_of(Activation act, const at::Tensor& z) {
+  switch (act) {
+    case Activation::None: return z;
+    case Activation::ReLU: return z * z.gt(0).to(z.scalar_type());
+    case Activation::GELU: return z * 0.5 * (1 + at::erf(z * M_SQRT1_2));
+    case Activation::GELUTanh: return 0.5 * z * (1 + at::tanh(M_SQRT2 * M_2_SQRTPI * 0.5 * (z + 0.044715 * z * z * z)));
+    case Activation::SiLU: return z * at::sigmoid(z);
+    case Activation::Tanh: return at::tanh(z);
+    case Activation::Sigmoid: return at::sigmoid(z);
+  }
+  return z;
+}
+
+at::Tensor activation_derivative_of(Activation act, const at::Tensor& z) {
+  switch (act) {
+    case Activation::None: return at::ones_like(z);
+    case Activation::ReLU: return 1 - z.le(0).to(z.scalar_type());  // NaN counts as positive, as in the kernels
+    case Activation::GELU: {
+      const at::Tensor cdf = 0.5 * (1 + at::erf(z * M_SQRT1_2));
+      const at::Tensor pdf = at::exp(-0.5 * z * z) * (M_2_SQRTPI * M_SQRT1_2 * 0.5);
+      return cdf + z * pdf;
+    }
+    case Activation::GELUTanh: {
+      const double beta = M_SQRT2 * M_2_SQRTPI * 0.5, kappa = 0.044715;
+      const at::Tensor t = at::tanh(beta * (z + kappa * z * z * z));
+      return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * (beta * (1 + 3 * kappa * z * z));
+    }
+    case Activation::SiLU: {
+      const at::Tensor s = at::sigmoid(z);
+      return s * (1 + z * (1 - s));
+    }
+    case Activation::Tanh: {
+      const at::Tensor t = at::tanh(z);
+      return 1 - t * t;
+    }
+    case Activation::Sigmoid: {
+      const at::Tensor s = at::sigmoid(z);
+      return s * (1 - s);
+    }
+  }
+  return at::ones_like(z);
+}
+
+// grad_output * act'(z), then linear_backward: differentiable in all of its inputs.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_composite(const at::Tensor& grad_output,
+                                                                             const at::Tensor& input,
+                                                                             const at::Tensor& weight,
+                                                                             const at::Tensor& preactivation,
+                                                                             Activation act,
+                                                                             std::array<bool, 3> output_mask) {
+  const at::Tensor grad_z =
+      act == Activation::None ? grad_output : grad_output * activation_derivative_of(act, preactivation);
+  return call_linear_backward(grad_z, input, weight, output_mask);
+}
+
+std::optional<at::Tensor> optional_of(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+class LinearActForwardFunction : public torch::autograd::Function<LinearActForwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, const std::string& activation,
+                               bool save_preactivation) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, preactivation] = call_linear_act_forward(input, weight, bias, activation, true);
+    const bool has_bias = bias.has_value() && bias->defined();
+    ctx->save_for_backward({input, weight, preactivation, has_bias ? *bias : at::Tensor()});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["has_bias"] = has_bias;
+    at::Tensor returned_preactivation = save_preactivation ? preactivation : at::empty({0}, output.options());
+    ctx->mark_non_differentiable({returned_preactivation});
+    return {output, returned_preactivation};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    variable_list none(5);
+    if (!grad_outputs[0].defined() || (!mask[0] && !mask[1] && !mask[2])) return none;
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1], &bias = saved[3];
+    at::Tensor preactivation = saved[2];
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    if (at::GradMode::is_enabled()) {
+      // create_graph: a pre-activation that depends on x, W and b, so that the derivative
+      // of act' reaches them.
+      preactivation = call_linear_forward(input, weight, optional_of(bias));
+    }
+    auto [grad_input, grad_weight, grad_bias] =
+        call_linear_act_backward(grad_outputs[0], input, weight, preactivation, activation, mask);
+    return {mask[0] ? grad_input : at::Tensor(), mask[1] ? grad_weight : at::Tensor(),
+            mask[2] ? grad_bias : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> linear_act_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                                               const std::optional<at::Tensor>& bias,
+                                                               c10::string_view activation, bool save_preactivation) {
+  if (!at::GradMode::is_enabled() || !(requires_grad(input) || requires_grad(weight) || requires_grad(bias))) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_act_forward(input, weight, bias, activation, save_preactivation);
+  }
+  const variable_list outputs =
+      LinearActForwardFunction::apply(input, weight, bias, std::string(activation), save_preactivation);
+  return {outputs[0], outputs[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_autograd(const at::Tensor& grad_output,
+                                                                            const at::Tensor& input,
+                                                                            const at::Tensor& weight,
+                                                                            const at::Tensor& preactivation,
+                                                                            c10::string_view activation,
+                                                                            std::array<bool, 3> output_mask) {
+  if (!at::GradMode::is_enabled() || !(requires_grad(grad_output) || requires_grad(input) || requires_grad(weight) ||
+                                       requires_grad(preactivation))) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_act_backward(grad_output, input, weight, preactivation, activation, output_mask);
+  }
+  check_linear_act_backward_args(grad_output, input, weight, preactivation);
+  const Activation act = activation_from_name("pylibnn.linear_act_backward", activation);
+  return linear_act_backward_composite(grad_output, input, weight, preactivation, act, output_mask);
+}
+
+// The MLP's gradients from differentiable pieces, given each layer's input a_{l-1} and
+// pre-activation z_l (l < L - 1).
+MlpGradients mlp_backward_composite(const at::Tensor& grad_output, const std::vector<at::Tensor>& layer_inputs,
+                                    at::TensorList weights, const std::vector<at::Tensor>& preactivations,
+                                    Activation act, const c10::List<bool>& has_bias, bool input_grad) {
+  const int64_t L = static_cast<int64_t>(weights.size());
+  std::vector<at::Tensor> grad_weights(L), grad_biases(L);
+  at::Tensor grad_input = at::empty({0}, grad_output.options());
+  at::Tensor grad_z = grad_output;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const bool needs_grad_a = l > 0 || input_grad;
+    const bool has_bias_l = has_bias.get(l);
+    auto [grad_a, grad_w, grad_b] =
+        call_linear_backward(grad_z, layer_inputs[l], weights[l], {needs_grad_a, true, has_bias_l});
+    grad_weights[l] = grad_w;
+    grad_biases[l] = has_bias_l ? grad_b : at::empty({0}, grad_output.options());
+    if (l == 0) {
+      if (input_grad) grad_input = grad_a;
+    } else {
+      grad_z = act == Activation::None ? grad_a : grad_a * activation_derivative_of(act, preactivations[l - 1]);
+    }
+  }
+  return {grad_input, grad_weights, grad_biases};
+}
+
+class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> {
+ public:
+  // biases: one entry per layer, undefined where a layer has none. (A TensorList, not the
+  // op's Tensor?[]: autograd::Function makes an input edge of each TensorList element only.)
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
+                               at::TensorList biases, const std::string& activation, bool save_hidden) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    c10::List<std::optional<at::Tensor>> bias_list;
+    for (const at::Tensor& b : biases) bias_list.push_back(optional_of(b));
+    auto [output, hidden] = call_mlp_forward(input, weights, bias_list, activation, true);
+    variable_list saved = {input, hidden};
+    c10::List<bool> has_bias;
+    for (const at::Tensor& w : weights) saved.push_back(w);
+    for (const at::Tensor& b : biases) {
+      has_bias.push_back(b.defined());
+      saved.push_back(b);
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["has_bias"] = has_bias;
+    at::Tensor returned_hidden = save_hidden ? hidden : at::empty({0}, output.options());
+    ctx->mark_non_differentiable({returned_hidden});
+    return {output, returned_hidden};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const c10::List<bool> has_bias_list = ctx->saved_data["has_bias"].toBoolList();
+    const int64_t L = static_cast<int64_t>(has_bias_list.size());
+    // Inputs as the node sees them: input, the weights, the biases, then the two non-tensor
+    // arguments.
+    variable_list result(1 + 2 * L + 2);
+    if (!grad_outputs[0].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &hidden = saved[1];
+    const std::vector<at::Tensor> weights(saved.begin() + 2, saved.begin() + 2 + L);
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const Activation act = activation_from_name("pylibnn.mlp_forward", activation);
+    const bool input_grad = ctx->needs_input_grad(0);
+
+    MlpGradients grads;
+    if (at::GradMode::is_enabled()) {
+      // create_graph: recompute every layer with differentiable ops, then differentiate.
+      std::vector<at::Tensor> layer_inputs = {input}, preactivations;
+      for (int64_t l = 0; l + 1 < L; ++l) {
+        const at::Tensor& bias = saved[2 + L + l];
+        preactivations.push_back(call_linear_forward(layer_inputs.back(), weights[l], optional_of(bias)));
+        layer_inputs.push_back(activation_of(act, preactivations.back()));
+      }
+      grads = mlp_backward_composite(grad_outputs[0], layer_inputs, weights, preactivations, act, has_bias_list,
+                                     input_grad);
+    } else {
+      grads = call_mlp_backward(grad_outputs[0], input, weights, hidden, activation, has_bias_list, input_grad);
+    }
+    auto& [grad_input, grad_weights, grad_biases] = grads;
+    result[0] = input_grad ? grad_input : at::Tensor();
+    for (int64_t l = 0; l < L; ++l) {
+      result[1 + l] = ctx->needs_input_grad(1 + l) ? grad_weights[l] : at::Tensor();
+      if (has_bias_list.get(l) && ctx->needs_input_grad(1 + L + l)) result[1 + L + l] = grad_biases[l];
+    }
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> mlp_forward_autograd(const at::Tensor& input, at::TensorList weights,
+                                                        const c10::List<std::optional<at::Tensor>>& biases,
+                                                        c10::string_view activation, bool save_hidden) {
+  bool any_requires_grad = requires_grad(input);
+  for (const at::Tensor& w : weights) any_requires_grad |= requires_grad(w);
+  for (size_t l = 0; l < biases.size(); ++l) any_requires_grad |= requires_grad(biases.get(l));
+  if (!at::GradMode::is_enabled() || !any_requires_grad) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_mlp_forward(input, weights, biases, activation, save_hidden);
+  }
+  std::vector<at::Tensor> bias_tensors;
+  for (size_t l = 0; l < biases.size(); ++l) bias_tensors.push_back(biases.get(l).value_or(at::Tensor()));
+  const variable_list outputs =
+      MlpForwardFunction::apply(input, weights, at::TensorList(bias_tensors), std::string(activation), save_hidden);
+  return {outputs[0], outputs[1]};
+}
+
+MlpGradients mlp_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
+                                   const at::Tensor& hidden, c10::string_view activation, const c10::List<bool>& has_bias,
+                                   bool input_grad) {
+  bool any_requires_grad = requires_grad(grad_output) || requires_grad(input) || requires_grad(hidden);
+  for (const at::Tensor& w : weights) any_requires_grad |= requires_grad(w);
+  if (!at::GradMode::is_enabled() || !any_requires_grad) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_mlp_backward(grad_output, input, weights, hidden, activation, has_bias, input_grad);
+  }
+  // Differentiable in every input, hidden included: its bands are sliced, not copied.
+  const Activation act = activation_from_name("pylibnn.mlp_backward", activation);
+  const std::vector<int64_t> widths = check_mlp_backward_args(grad_output, input, weights, hidden, act, has_bias);
+  const int64_t M = input.size(0);
+  const MlpHiddenLayout layout(M, widths, act != Activation::None);
+  std::vector<at::Tensor> layer_inputs = {input}, preactivations;
+  for (size_t l = 0; l + 1 < widths.size(); ++l) {
+    const auto band = [&](int64_t offset) {
+      return hidden.slice(0, 0, M).slice(1, offset, offset + widths[l]);
+    };
+    preactivations.push_back(band(layout.z_offset[l]));
+    layer_inputs.push_back(band(layout.y_offset[l]));
+  }
+  return mlp_backward_composite(grad_output, layer_inputs, weights, preactivations, act, has_bias, input_grad);
+}
+
+}  // namespace
+}  // namespace pylibnn
+
+TORCH_LIBRARY_IMPL(pylibnn, Autograd, m) {
+  m.impl("linear_act_forward", &pylibnn::linear_act_forward_autograd);
+  m.impl("linear_act_backward", &pylibnn::linear_act_backward_autograd);
+  m.impl("mlp_forward", &pylibnn::mlp_forward_autograd);
+  m.impl("mlp_backward", &pylibnn::mlp_backward_autograd);
+}
