@@ -11,6 +11,7 @@
 // Every message starts with the op name and names the argument, expected and actual values.
 #include "linear_checks.h"
 
+#include <cstdio>
 #include <string>
 
 #include <ATen/ops/empty.h>
@@ -157,10 +158,11 @@ std::vector<int64_t> check_mlp_layers(const char* op, const at::Tensor& input, a
   int64_t fan_in = input.size(1);
   for (size_t l = 0; l < weights.size(); ++l) {
     const at::Tensor& w = weights[l];
-    const std::string name = "weights[" + std::to_string(l) + "]";
-    check_kind(op, name.c_str(), w);
-    check_rank(op, name.c_str(), w, 2, "(N_l, K_l)");
-    check_same_dtype_and_device(op, input, "input", w, name.c_str());
+    char name[32];  // not a std::string: this runs on every call of a small network
+    std::snprintf(name, sizeof(name), "weights[%zu]", l);
+    check_kind(op, name, w);
+    check_rank(op, name, w, 2, "(N_l, K_l)");
+    check_same_dtype_and_device(op, input, "input", w, name);
     TORCH_CHECK(w.size(1) == fan_in, op, ": expected ", name, ".size(1) to equal ",
                 l == 0 ? "input.size(1)" : "the previous layer's width", " (", fan_in, "), but got ", name,
                 " of shape ", w.sizes());
@@ -183,9 +185,10 @@ std::vector<int64_t> check_mlp_forward_args(const at::Tensor& input, at::TensorL
   for (size_t l = 0; l < biases.size(); ++l) {
     const std::optional<at::Tensor> bias = biases.get(l);
     if (!bias.has_value() || !bias->defined()) continue;
-    const std::string name = "biases[" + std::to_string(l) + "]";
-    check_kind(op, name.c_str(), *bias);
-    check_same_dtype_and_device(op, input, "input", *bias, name.c_str());
+    char name[32];
+    std::snprintf(name, sizeof(name), "biases[%zu]", l);
+    check_kind(op, name, *bias);
+    check_same_dtype_and_device(op, input, "input", *bias, name);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == widths[l], op, ": expected ", name, " of shape [",
                 widths[l], "] (weights[", l, "].size(0)), but got ", bias->sizes());
   }

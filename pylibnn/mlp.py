@@ -80,8 +80,10 @@ class MLP(nn.Module):
 
     def forward(self, input):
         layers = self.layers
-        weights = [layer.weight for layer in layers]
-        biases = [layer.bias for layer in layers]
+        # _parameters directly: nn.Module.__getattr__ costs about as much as the whole op
+        # for the tutorial's network.
+        weights = [layer._parameters["weight"] for layer in layers]
+        biases = [layer._parameters["bias"] for layer in layers]
         if input.dim() == 2:
             return _mlp_forward(input, weights, biases, self._activation, False)[0]
         if input.dim() < 1:

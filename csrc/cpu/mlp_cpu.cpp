@@ -107,6 +107,14 @@ Tiling tiling_for(int64_t M, int64_t bytes_per_row, int64_t threads) {
   return {rows, count, std::max<int64_t>(1, std::min(threads, count))};
 }
 
+// Runs body(begin, end) over [0, parts): on this thread when there is one part
+// (at::parallel_for would still open a parallel region for a range of one).
+template <typename Body>
+void for_parts(int64_t parts, const Body& body) {
+  if (parts == 1) return body(0, 1);
+  at::parallel_for(0, parts, 1, body);
+}
+
 int64_t multiply_adds(const MlpShape& s) {
   int64_t per_row = 0;
   for (int64_t l = 0; l < s.layers(); ++l) per_row += s.in[l] * s.out[l];
@@ -196,7 +204,7 @@ void mlp_forward_kernel(const MlpShape& s, const at::Tensor& input, at::TensorLi
   const int64_t tiles_per_part = ceil_div(tiles.count, tiles.parts);
   const int64_t N_last = s.out[L - 1];
 
-  at::parallel_for(0, tiles.parts, 1, [&](int64_t part_begin, int64_t part_end) {
+  for_parts(tiles.parts, [&](int64_t part_begin, int64_t part_end) {
     // Per task: the input tile, the last layer's tile, and (when hidden is not kept) the
     // hidden bands of one tile.
     std::vector<T> x_tile(tiles.rows * x_ld), out_tile(tiles.rows * out_ld);
@@ -263,7 +271,7 @@ void mlp_backward_kernel(const MlpShape& s, const at::Tensor& grad_output, const
   const T* dy = grad_output.const_data_ptr<T>();
   const int64_t dy_rs = grad_output.stride(0), dy_cs = grad_output.stride(1);
 
-  at::parallel_for(0, tiles.parts, 1, [&](int64_t part_begin, int64_t part_end) {
+  for_parts(tiles.parts, [&](int64_t part_begin, int64_t part_end) {
     std::vector<T> x_tile(tiles.rows * x_ld), dz(tiles.rows * widest, T(0)), da(tiles.rows * widest, T(0));
     for (int64_t part = part_begin; part < part_end; ++part) {
       T* partial = partials.data() + part * partial_size;
