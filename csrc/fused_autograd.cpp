@@ -187,21 +187,21 @@ MlpGradients mlp_backward_composite(const at::Tensor& grad_output, const std::ve
 
 class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> {
  public:
-  // biases: one entry per layer, undefined where a layer has none. (A TensorList, not the
-  // op's Tensor?[]: autograd::Function makes an input edge of each TensorList element only.)
+  // present_biases: the biases of the layers whose has_bias entry is true, in order. (The
+  // op's Tensor?[] does not fit: autograd::Function makes input edges of TensorList
+  // elements only, and every one of those must be a defined tensor.)
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
-                               at::TensorList biases, const std::string& activation, bool save_hidden) {
+                               at::TensorList present_biases, const c10::List<bool>& has_bias,
+                               const std::string& activation, bool save_hidden) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     c10::List<std::optional<at::Tensor>> bias_list;
-    for (const at::Tensor& b : biases) bias_list.push_back(optional_of(b));
+    size_t next = 0;
+    for (size_t l = 0; l < has_bias.size(); ++l)
+      bias_list.push_back(has_bias.get(l) ? std::optional<at::Tensor>(present_biases[next++]) : std::nullopt);
     auto [output, hidden] = call_mlp_forward(input, weights, bias_list, activation, true);
     variable_list saved = {input, hidden};
-    c10::List<bool> has_bias;
     for (const at::Tensor& w : weights) saved.push_back(w);
-    for (const at::Tensor& b : biases) {
-      has_bias.push_back(b.defined());
-      saved.push_back(b);
-    }
+    for (const at::Tensor& b : present_biases) saved.push_back(b);
     ctx->save_for_backward(saved);
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["has_bias"] = has_bias;
@@ -213,11 +213,12 @@ class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const c10::List<bool> has_bias_list = ctx->saved_data["has_bias"].toBoolList();
     const int64_t L = static_cast<int64_t>(has_bias_list.size());
-    // Inputs as the node sees them: input, the weights, the biases, then the two non-tensor
-    // arguments.
-    variable_list result(1 + 2 * L + 2);
-    if (!grad_outputs[0].defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
+    const int64_t present = static_cast<int64_t>(saved.size()) - 2 - L;
+    // Inputs as the node sees them: input, the weights, the present biases, then the three
+    // non-tensor arguments.
+    variable_list result(1 + L + present + 3);
+    if (!grad_outputs[0].defined()) return result;
     const at::Tensor &input = saved[0], &hidden = saved[1];
     const std::vector<at::Tensor> weights(saved.begin() + 2, saved.begin() + 2 + L);
     const std::string activation = ctx->saved_data["activation"].toStringRef();
@@ -228,8 +229,9 @@ class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> 
     if (at::GradMode::is_enabled()) {
       // create_graph: recompute every layer with differentiable ops, then differentiate.
       std::vector<at::Tensor> layer_inputs = {input}, preactivations;
+      int64_t next_bias = 2 + L;
       for (int64_t l = 0; l + 1 < L; ++l) {
-        const at::Tensor& bias = saved[2 + L + l];
+        const at::Tensor bias = has_bias_list.get(l) ? saved[next_bias++] : at::Tensor();
         preactivations.push_back(call_linear_forward(layer_inputs.back(), weights[l], optional_of(bias)));
         layer_inputs.push_back(activation_of(act, preactivations.back()));
       }
@@ -240,9 +242,13 @@ class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> 
     }
     auto& [grad_input, grad_weights, grad_biases] = grads;
     result[0] = input_grad ? grad_input : at::Tensor();
+    int64_t bias_index = 1 + L;
     for (int64_t l = 0; l < L; ++l) {
       result[1 + l] = ctx->needs_input_grad(1 + l) ? grad_weights[l] : at::Tensor();
-      if (has_bias_list.get(l) && ctx->needs_input_grad(1 + L + l)) result[1 + L + l] = grad_biases[l];
+      if (has_bias_list.get(l)) {
+        if (ctx->needs_input_grad(bias_index)) result[bias_index] = grad_biases[l];
+        ++bias_index;
+      }
     }
     return result;
   }
@@ -258,10 +264,15 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_autograd(const at::Tensor& input,
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_mlp_forward(input, weights, biases, activation, save_hidden);
   }
-  std::vector<at::Tensor> bias_tensors;
-  for (size_t l = 0; l < biases.size(); ++l) bias_tensors.push_back(biases.get(l).value_or(at::Tensor()));
-  const variable_list outputs =
-      MlpForwardFunction::apply(input, weights, at::TensorList(bias_tensors), std::string(activation), save_hidden);
+  std::vector<at::Tensor> present_biases;
+  c10::List<bool> has_bias;
+  for (size_t l = 0; l < biases.size(); ++l) {
+    const std::optional<at::Tensor> b = biases.get(l);
+    has_bias.push_back(b.has_value() && b->defined());
+    if (has_bias.get(l)) present_biases.push_back(*b);
+  }
+  const variable_list outputs = MlpForwardFunction::apply(input, weights, at::TensorList(present_biases), has_bias,
+                                                          std::string(activation), save_hidden);
   return {outputs[0], outputs[1]};
 }
 

@@ -86,6 +86,8 @@ class LinearBackwardFunction : public torch::autograd::Function<LinearBackwardFu
                             needs_grad_output_grad && output_mask[0] ? weight : at::Tensor()});
     ctx->saved_data["output_mask"] = c10::List<bool>({output_mask[0], output_mask[1], output_mask[2]});
     ctx->saved_data["grad_output_sizes"] = grad_output.sym_sizes();
+    ctx->saved_data["input_sizes"] = input.sym_sizes();
+    ctx->saved_data["weight_sizes"] = weight.sym_sizes();
     return {grad_input, grad_weight, grad_bias};
   }
 
@@ -94,7 +96,15 @@ class LinearBackwardFunction : public torch::autograd::Function<LinearBackwardFu
     const auto incoming = [&](size_t i) { return output_mask[i] ? grads[i] : at::Tensor(); };
     const at::Tensor grad_grad_input = incoming(0), grad_grad_weight = incoming(1), grad_grad_bias = incoming(2);
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &grad_output = saved[0], &input = saved[1], &weight = saved[2];
+    const at::Tensor& grad_output = saved[0];
+    // d x and d W read x and W for their shapes alone; unsaved ones (grad_output needs no
+    // gradient) travel as stand-ins.
+    const auto saved_or_stand_in = [&](const at::Tensor& t, const char* sizes) {
+      return t.defined() || !grad_output.defined() ? t
+                                                   : shape_only(grad_output, ctx->saved_data[sizes].toSymIntVector());
+    };
+    const at::Tensor input = saved_or_stand_in(saved[1], "input_sizes");
+    const at::Tensor weight = saved_or_stand_in(saved[2], "weight_sizes");
 
     at::Tensor d_grad_output, d_input, d_weight;
     if (ctx->needs_input_grad(0)) {

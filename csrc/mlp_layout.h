@@ -8,7 +8,8 @@
 //   y_l = act(z_l)        columns [H + z_offset(l), ...)             H = Σ_{j<L-1} P(N_j)
 // with P(n) = 16 ⌈n / 16⌉. With activation 'none', y_l is z_l and only the z bands exist.
 // hidden is (Mp, C): Mp = 8 ⌈M / 8⌉ rows, C = 2H (or H with 'none') columns, contiguous.
-// Padding rows and columns hold unspecified values: readers use rows < M, columns < N_l.
+// Padding rows and columns hold zeros (so the tensor is a deterministic function of the
+// inputs, as torch.compile's checks expect); readers use rows < M, columns < N_l only.
 #pragma once
 
 #include <cstdint>

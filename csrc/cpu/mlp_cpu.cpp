@@ -230,6 +230,18 @@ void mlp_forward_kernel(const MlpShape& s, const at::Tensor& input, at::TensorLi
           a = y;
           lda = layout.cols;
         }
+        if (hidden) {
+          // hidden's padding is zero (mlp_layout.h): the kernels wrote whole vectors past
+          // N_l and rows past M in the last tile; the rest came zeroed.
+          for (int64_t l = 0; l + 1 < L; ++l)
+            for (int64_t r = 0; r < rows_padded; ++r) {
+              const int64_t from = r < rows ? s.out[l] : 0;
+              std::fill(h + r * layout.cols + layout.z_offset[l] + from,
+                        h + r * layout.cols + layout.z_offset[l] + s.out_padded[l], T(0));
+              std::fill(h + r * layout.cols + layout.y_offset[l] + from,
+                        h + r * layout.cols + layout.y_offset[l] + s.out_padded[l], T(0));
+            }
+        }
         for (int64_t r = 0; r < rows; ++r)
           std::memcpy(output + (r0 + r) * N_last, out_tile.data() + r * out_ld, sizeof(T) * N_last);
       }
@@ -358,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::
   const int64_t M = input.size(0);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   at::Tensor output = at::empty({M, widths.back()}, input.options());
-  at::Tensor hidden = at::empty(save_hidden ? at::IntArrayRef{layout.rows, layout.cols} : at::IntArrayRef{0}, input.options());
+  at::Tensor hidden = save_hidden ? at::zeros({layout.rows, layout.cols}, input.options()) : at::empty({0}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cpu", [&] {
     const MlpShape shape = mlp_shape(M, input.size(1), widths, panel_kernels<scalar_t>(fused_microkernels()).lanes);
     std::vector<const scalar_t*> bias_ptrs;
