@@ -3,13 +3,19 @@
 ``ScratchNet`` is the tutorial's from-scratch network in pure torch: weights stored
 (in, out), ``z = x @ w + b`` per layer, normal(0, 0.1) initialization, three layers and no
 activation (1 -> 3 -> 3 -> 2 for the tutorial's data). ``pylibnn_net`` builds the same
-network from ``pylibnn.Linear`` (weights stored (out, in), as nn.Linear does), and
-``copy_weights`` makes the two start from identical values.
+network from ``pylibnn.Linear`` (weights stored (out, in), as nn.Linear does),
+``pylibnn_mlp`` as one fused ``pylibnn.MLP``, and ``copy_weights`` makes them start from
+the scratch network's values.
+
+The tutorial's next step adds activation functions between the layers: ``ScratchNet``
+with ``activation=torch.relu`` (say) and ``pylibnn_mlp(activation="relu")`` are that
+non-linear network and its fused pylibnn twin (``python -m pylibnn`` trains both).
 """
 
 import torch
 from torch import nn
 
+from .mlp import MLP
 from .modules import Linear
 
 # The tutorial's data: y = (2x, 3x).
@@ -23,7 +29,10 @@ ITERATIONS = 200
 class ScratchNet:
     """The tutorial's hand-built network: three affine layers, z = x @ w + b."""
 
-    def __init__(self, input_size=1, hidden_size=3, output_size=2, generator=None, dtype=torch.float32):
+    def __init__(self, input_size=1, hidden_size=3, output_size=2, generator=None, dtype=torch.float32,
+                 activation=None):
+        self.activation = activation if activation is not None else (lambda z: z)
+
         def param(*shape):
             return torch.normal(0.0, 0.1, size=shape, generator=generator, dtype=dtype).requires_grad_()
 
@@ -32,9 +41,9 @@ class ScratchNet:
         self.w_out, self.b_out = param(hidden_size, output_size), param(output_size)
 
     def forward(self, x):
-        z1 = x @ self.w1 + self.b1
-        z2 = z1 @ self.w2 + self.b2
-        return z2 @ self.w_out + self.b_out
+        a1 = self.activation(x @ self.w1 + self.b1)
+        a2 = self.activation(a1 @ self.w2 + self.b2)
+        return a2 @ self.w_out + self.b_out
 
     __call__ = forward
 
@@ -51,11 +60,17 @@ def pylibnn_net(input_size=1, hidden_size=3, output_size=2, device=None, dtype=t
     )
 
 
+def pylibnn_mlp(input_size=1, hidden_size=3, output_size=2, activation=None, device=None, dtype=torch.float32):
+    """The same network as one fused pylibnn.MLP (activation between the layers)."""
+    return MLP([input_size, hidden_size, hidden_size, output_size], activation=activation, device=device, dtype=dtype)
+
+
 @torch.no_grad()
 def copy_weights(scratch, net):
-    """Gives ``net`` (an nn.Sequential of Linear layers) the weights of ``scratch``."""
+    """Gives ``net`` (its nn.Linear layers: a Sequential of Linear, or an MLP) the weights of ``scratch``."""
     pairs = [(scratch.w1, scratch.b1), (scratch.w2, scratch.b2), (scratch.w_out, scratch.b_out)]
-    for layer, (w, b) in zip(net, pairs):
+    layers = [m for m in net if isinstance(m, nn.Linear)]
+    for layer, (w, b) in zip(layers, pairs):
         layer.weight.copy_(w.t())
         layer.bias.copy_(b)
     return net
@@ -78,17 +93,31 @@ def train(model, parameters, x, y, lr=LEARNING_RATE, iterations=ITERATIONS):
     return losses
 
 
-def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS):
+# activation name (pylibnn) -> the scratch network's pure-torch function
+SCRATCH_ACTIVATIONS = {None: None, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+                       "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}
+
+
+def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS, model="linear", activation=None):
     """Trains the scratch network and its pylibnn twin from the same initial weights.
 
+    model: "linear" (pylibnn.Linear layers; activation must be None) or "mlp" (one
+    pylibnn.MLP with ``activation`` between the layers, the scratch network likewise).
     Returns (reference_losses, pylibnn_losses, reference_net, pylibnn_net).
     """
+    if model not in ("linear", "mlp") or (model == "linear" and activation is not None):
+        raise ValueError(f"train_both: model {model!r} with activation {activation!r}")
     generator = torch.Generator().manual_seed(seed)
-    scratch = ScratchNet(X.shape[1], 3, Y.shape[1], generator=generator, dtype=dtype)
+    scratch = ScratchNet(X.shape[1], 3, Y.shape[1], generator=generator, dtype=dtype,
+                         activation=SCRATCH_ACTIVATIONS[activation])
     with torch.no_grad():
         for p in scratch.parameters():
             p.data = p.data.to(device)
-    net = copy_weights(scratch, pylibnn_net(X.shape[1], 3, Y.shape[1], device=device, dtype=dtype))
+    if model == "linear":
+        net = pylibnn_net(X.shape[1], 3, Y.shape[1], device=device, dtype=dtype)
+    else:
+        net = pylibnn_mlp(X.shape[1], 3, Y.shape[1], activation=activation, device=device, dtype=dtype)
+    net = copy_weights(scratch, net)
     x, y = X.to(device, dtype), Y.to(device, dtype)
     reference_losses = train(scratch, scratch.parameters(), x, y, iterations=iterations)
     pylibnn_losses = train(net, net.parameters(), x, y, iterations=iterations)

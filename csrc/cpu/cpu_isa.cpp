@@ -90,11 +90,14 @@ void select_isa(const std::string& name) { current().store(find_supported(name))
 
 const MicroKernelSet* selected_microkernels() { return current().load()->kernels; }
 
-const MicroKernelSet& fused_microkernels() {
-  const MicroKernelSet* selected = selected_microkernels();
-  if (selected) return *selected;
+const MicroKernelSet& portable_microkernels() {
   static const MicroKernelSet portable = microkernels_portable();
   return portable;
+}
+
+const MicroKernelSet& fused_microkernels() {
+  const MicroKernelSet* selected = selected_microkernels();
+  return selected ? *selected : portable_microkernels();
 }
 
 }  // namespace pylibnn::cpu

@@ -27,6 +27,9 @@ const MicroKernelSet* selected_microkernels();
 // portable one when "reference" is selected.
 const MicroKernelSet& fused_microkernels();
 
+// The portable set (always compiled in and supported).
+const MicroKernelSet& portable_microkernels();
+
 // The float32 or float64 member of a set, for code templated on the scalar type.
 template <typename T>
 const PanelKernels<T>& panel_kernels(const MicroKernelSet& set) {

@@ -115,6 +115,24 @@ void for_parts(int64_t parts, const Body& body) {
   at::parallel_for(0, parts, 1, body);
 }
 
+// Networks this small (the tutorial's: 4 rows of 1 -> 3 -> 3 -> 2) take the portable panel
+// kernels: their separate multiply and add round like torch's own small matmuls, so the
+// tutorial's training run matches the reference's losses to the last bits rather than to
+// the ~1e-5 that FMA rounding drifts to over 200 steps. (The GEMM engine's direct path,
+// same threshold.)
+constexpr int64_t kPortableMaxMultiplyAdds = 4096;
+
+template <typename T>
+const PanelKernels<T>& mlp_panel_kernels(int64_t M, int64_t K0, const std::vector<int64_t>& widths) {
+  int64_t per_row = 0, fan_in = K0;
+  for (int64_t n : widths) {
+    per_row += fan_in * n;
+    fan_in = n;
+  }
+  const bool tiny = M * per_row <= kPortableMaxMultiplyAdds;
+  return panel_kernels<T>(tiny ? portable_microkernels() : fused_microkernels());
+}
+
 int64_t multiply_adds(const MlpShape& s) {
   int64_t per_row = 0;
   for (int64_t l = 0; l < s.layers(); ++l) per_row += s.in[l] * s.out[l];
@@ -187,12 +205,11 @@ void copy_tile(const at::Tensor& t, int64_t r0, int64_t rows, int64_t rows_padde
 }
 
 template <typename T>
-void mlp_forward_kernel(const MlpShape& s, const at::Tensor& input, at::TensorList weights,
-                        const std::vector<const T*>& biases, const std::vector<int64_t>& bias_strides, Activation act,
-                        const MlpHiddenLayout& layout, T* hidden, T* output) {
-  const MicroKernelSet& set = fused_microkernels();
-  const PanelKernels<T>& panel = panel_kernels<T>(set);
-  const ActivationKernels<T>& activation = activation_kernels<T>(set);
+void mlp_forward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const at::Tensor& input,
+                        at::TensorList weights, const std::vector<const T*>& biases,
+                        const std::vector<int64_t>& bias_strides, Activation act, const MlpHiddenLayout& layout,
+                        T* hidden, T* output) {
+  const ActivationKernels<T>& activation = activation_kernels<T>(fused_microkernels());
   const int64_t L = s.layers();
   const PackedWeights<T> packed = pack_weights<T>(s, weights, biases, bias_strides, true, false);
 
@@ -250,12 +267,11 @@ void mlp_forward_kernel(const MlpShape& s, const at::Tensor& input, at::TensorLi
 }
 
 template <typename T>
-void mlp_backward_kernel(const MlpShape& s, const at::Tensor& grad_output, const at::Tensor& input,
-                         at::TensorList weights, Activation act, const MlpHiddenLayout& layout, const T* hidden,
-                         T* grad_input, const std::vector<T*>& grad_weights, const std::vector<T*>& grad_biases) {
-  const MicroKernelSet& set = fused_microkernels();
-  const PanelKernels<T>& panel = panel_kernels<T>(set);
-  const ActivationKernels<T>& activation = activation_kernels<T>(set);
+void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const at::Tensor& grad_output,
+                         const at::Tensor& input, at::TensorList weights, Activation act,
+                         const MlpHiddenLayout& layout, const T* hidden, T* grad_input,
+                         const std::vector<T*>& grad_weights, const std::vector<T*>& grad_biases) {
+  const ActivationKernels<T>& activation = activation_kernels<T>(fused_microkernels());
   const int64_t L = s.layers();
   const int64_t mr = panel.mr;
   const std::vector<const T*> no_biases(L, nullptr);
@@ -372,7 +388,8 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::
   at::Tensor output = at::empty({M, widths.back()}, input.options());
   at::Tensor hidden = save_hidden ? at::zeros({layout.rows, layout.cols}, input.options()) : at::empty({0}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cpu", [&] {
-    const MlpShape shape = mlp_shape(M, input.size(1), widths, panel_kernels<scalar_t>(fused_microkernels()).lanes);
+    const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
+    const MlpShape shape = mlp_shape(M, input.size(1), widths, panel.lanes);
     std::vector<const scalar_t*> bias_ptrs;
     std::vector<int64_t> bias_strides;
     for (size_t l = 0; l < biases.size(); ++l) {
@@ -382,7 +399,7 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::
       bias_strides.push_back(has ? b->stride(0) : 1);
     }
     if (M == 0) return;
-    mlp_forward_kernel<scalar_t>(shape, input, weights, bias_ptrs, bias_strides, act, layout,
+    mlp_forward_kernel<scalar_t>(shape, panel, input, weights, bias_ptrs, bias_strides, act, layout,
                                  save_hidden ? hidden.mutable_data_ptr<scalar_t>() : nullptr,
                                  output.mutable_data_ptr<scalar_t>());
   });
@@ -413,13 +430,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   const at::Tensor hidden_contiguous = hidden.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_backward_cpu", [&] {
-    const MlpShape shape = mlp_shape(M, input.size(1), widths, panel_kernels<scalar_t>(fused_microkernels()).lanes);
+    const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
+    const MlpShape shape = mlp_shape(M, input.size(1), widths, panel.lanes);
     std::vector<scalar_t*> gw, gb;
     for (size_t l = 0; l < weights.size(); ++l) {
       gw.push_back(grad_weights[l].mutable_data_ptr<scalar_t>());
       gb.push_back(has_bias.get(l) ? grad_biases[l].mutable_data_ptr<scalar_t>() : nullptr);
     }
-    mlp_backward_kernel<scalar_t>(shape, grad_output, input, weights, act, layout,
+    mlp_backward_kernel<scalar_t>(shape, panel, grad_output, input, weights, act, layout,
                                   hidden_contiguous.const_data_ptr<scalar_t>(),
                                   input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr, gw, gb);
   });
