@@ -12,6 +12,8 @@ with ``activation=torch.relu`` (say) and ``pylibnn_mlp(activation="relu")`` are 
 non-linear network and its fused pylibnn twin (``python -m pylibnn`` trains both).
 """
 
+import time
+
 import torch
 from torch import nn
 
@@ -98,11 +100,13 @@ SCRATCH_ACTIVATIONS = {None: None, "relu": torch.relu, "tanh": torch.tanh, "sigm
                        "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}
 
 
-def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS, model="linear", activation=None):
+def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS, model="linear", activation=None,
+               timings=None):
     """Trains the scratch network and its pylibnn twin from the same initial weights.
 
     model: "linear" (pylibnn.Linear layers; activation must be None) or "mlp" (one
     pylibnn.MLP with ``activation`` between the layers, the scratch network likewise).
+    timings: a dict that receives each run's seconds per step ("reference", "pylibnn").
     Returns (reference_losses, pylibnn_losses, reference_net, pylibnn_net).
     """
     if model not in ("linear", "mlp") or (model == "linear" and activation is not None):
@@ -119,6 +123,12 @@ def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS,
         net = pylibnn_mlp(X.shape[1], 3, Y.shape[1], activation=activation, device=device, dtype=dtype)
     net = copy_weights(scratch, net)
     x, y = X.to(device, dtype), Y.to(device, dtype)
+    start = time.perf_counter()
     reference_losses = train(scratch, scratch.parameters(), x, y, iterations=iterations)
+    middle = time.perf_counter()
     pylibnn_losses = train(net, net.parameters(), x, y, iterations=iterations)
+    end = time.perf_counter()
+    if timings is not None:
+        timings["reference"] = (middle - start) / max(iterations, 1)
+        timings["pylibnn"] = (end - middle) / max(iterations, 1)
     return reference_losses, pylibnn_losses, scratch, net
