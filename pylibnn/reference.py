@@ -12,6 +12,7 @@ with ``activation=torch.relu`` (say) and ``pylibnn_mlp(activation="relu")`` are 
 non-linear network and its fused pylibnn twin (``python -m pylibnn`` trains both).
 """
 
+import statistics
 import time
 
 import torch
@@ -82,16 +83,21 @@ def mse(y, y_predicted):
     return ((y_predicted - y) ** 2).mean()
 
 
-def train(model, parameters, x, y, lr=LEARNING_RATE, iterations=ITERATIONS):
-    """The tutorial's loop: forward, MSE, zero_grad, backward, SGD step. Returns every loss."""
+def train(model, parameters, x, y, lr=LEARNING_RATE, iterations=ITERATIONS, step_seconds=None):
+    """The tutorial's loop: forward, MSE, zero_grad, backward, SGD step. Returns every loss.
+
+    step_seconds: a list that receives the wall time of each step."""
     optimizer = torch.optim.SGD(parameters, lr=lr)
     losses = []
     for _ in range(iterations):
+        start = time.perf_counter()
         loss = mse(y, model(x))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - start)
     return losses
 
 
@@ -106,7 +112,7 @@ def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS,
 
     model: "linear" (pylibnn.Linear layers; activation must be None) or "mlp" (one
     pylibnn.MLP with ``activation`` between the layers, the scratch network likewise).
-    timings: a dict that receives each run's seconds per step ("reference", "pylibnn").
+    timings: a dict that receives each run's median seconds per step ("reference", "pylibnn").
     Returns (reference_losses, pylibnn_losses, reference_net, pylibnn_net).
     """
     if model not in ("linear", "mlp") or (model == "linear" and activation is not None):
@@ -123,12 +129,10 @@ def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS,
         net = pylibnn_mlp(X.shape[1], 3, Y.shape[1], activation=activation, device=device, dtype=dtype)
     net = copy_weights(scratch, net)
     x, y = X.to(device, dtype), Y.to(device, dtype)
-    start = time.perf_counter()
-    reference_losses = train(scratch, scratch.parameters(), x, y, iterations=iterations)
-    middle = time.perf_counter()
-    pylibnn_losses = train(net, net.parameters(), x, y, iterations=iterations)
-    end = time.perf_counter()
-    if timings is not None:
-        timings["reference"] = (middle - start) / max(iterations, 1)
-        timings["pylibnn"] = (end - middle) / max(iterations, 1)
+    reference_steps, pylibnn_steps = [], []
+    reference_losses = train(scratch, scratch.parameters(), x, y, iterations=iterations, step_seconds=reference_steps)
+    pylibnn_losses = train(net, net.parameters(), x, y, iterations=iterations, step_seconds=pylibnn_steps)
+    if timings is not None and iterations > 0:
+        timings["reference"] = statistics.median(reference_steps)
+        timings["pylibnn"] = statistics.median(pylibnn_steps)
     return reference_losses, pylibnn_losses, scratch, net
