@@ -10,8 +10,9 @@
 //    mlp_forward_fused_kernel / mlp_backward_fused_kernel (csrc/cuda/mlp_kernels.cuh: tiles,
 //    shared memory, determinism) runs every layer; the backward adds its per-block partial
 //    dW, db with one reduce_partials_kernel launch per gradient. The backward uses at most
-//    kFusedMaxBackwardBlocks = 256 blocks, each walking a fixed run of row tiles, so its
-//    partials buffer is at most 256 x sum_l (N_l K_l + N_l) elements.
+//    256 blocks, each walking a fixed run of row tiles; fewer when 256 rows of partials
+//    (sum_l N_l K_l + N_l elements each) would pass 2^24 elements, down to 16 blocks (then
+//    up to 16 x 32 x (128 x 128 + 128) elements for 32 layers of 128).
 //    The kernels read weights as contiguous (N, K) rows: the host makes .contiguous() copies
 //    of the (at most 128 x 128) weights that are not; input and grad_output are read
 //    strided in place.
@@ -226,9 +227,11 @@ void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, 
     layer.grad_bias_offset = has_bias[l] ? partials_stride : -1;
     if (has_bias[l]) partials_stride += layer.n;
   }
-  // A fixed split of the row tiles over at most kFusedMaxBackwardBlocks blocks.
+  // A fixed split of the row tiles over at most max_blocks blocks (see kFusedPartialsBudget).
+  const int64_t max_blocks = std::clamp(kFusedPartialsBudget / std::max<int64_t>(partials_stride, 1),
+                                        kFusedMinBackwardBlocks, kFusedMaxBackwardBlocks);
   const int64_t row_tiles = ceil_div(M, Tile::BACKWARD_ROWS);
-  const int64_t tiles_per_block = std::max<int64_t>(1, ceil_div(row_tiles, kFusedMaxBackwardBlocks));
+  const int64_t tiles_per_block = std::max<int64_t>(1, ceil_div(row_tiles, max_blocks));
   const int64_t blocks = ceil_div(row_tiles, tiles_per_block);  // 0 when M == 0: the sums below are zeros
   // Launched whenever there are rows, even if every dW and db is empty (partials_stride
   // == 0, the kernel then never touches the partials): grad_input may still need zeros.

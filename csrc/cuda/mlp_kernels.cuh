@@ -23,8 +23,8 @@
 //   Determinism: no atomics. Each block walks a fixed run of row tiles and keeps its dW_l,
 //   db_l in its own row of a partials buffer (plain stores on its first tile, then
 //   read-add-write by the same thread); reduce_partials_kernel adds the rows in block
-//   order. The host derives the number of blocks from M alone, so results are bitwise
-//   reproducible from run to run and GPU to GPU.
+//   order. The host derives the number of blocks from the shapes alone, so results are
+//   bitwise reproducible from run to run and GPU to GPU.
 //   Shared memory (static, limit 48 KiB): forward ROWS x 128 + CHUNK x 130 elements,
 //   backward 2 ROWS x 128 + CHUNK x 128; FusedMlpTile's sizes give 40.1 KiB (forward) and
 //   40 KiB (backward) for both float and double.
@@ -46,9 +46,13 @@ constexpr int kFusedLanes = 32;
 constexpr int kFusedWarps = 8;
 constexpr int kFusedThreads = kFusedLanes * kFusedWarps;
 constexpr int kFusedColGroups = kFusedMaxWidth / kFusedLanes;  // columns per thread: lane + 32 j
-// The backward's blocks (and so the rows of its partials buffer) are capped at this many; a
-// block then walks several row tiles. Fixed, not derived from the device, for determinism.
+// The backward's blocks (and so the rows of its partials buffer) are capped at this many,
+// and further so that the partials stay within kFusedPartialsBudget elements (but never
+// below kFusedMinBackwardBlocks blocks); a block then walks several row tiles. Both derive
+// from the shapes alone, never from the device, for determinism.
 constexpr int64_t kFusedMaxBackwardBlocks = 256;
+constexpr int64_t kFusedMinBackwardBlocks = 16;
+constexpr int64_t kFusedPartialsBudget = int64_t(1) << 24;  // 64 MiB of float, 128 MiB of double
 
 // Rows per block and weight rows / columns per shared-memory chunk, per dtype, sized so
 // every kernel stays well under 48 KiB of static shared memory (see the file header).
