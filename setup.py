@@ -182,7 +182,7 @@ def make_extension():
     extra_compile_args = {"cxx": cxx_flags}
     include_dirs = [str(ROOT / "csrc"), str(config_dir)]
     if with_cuda:
-        sources += ["csrc/cuda/linear_cuda.cu"]
+        sources += ["csrc/cuda/linear_cuda.cu", "csrc/cuda/mlp_cuda.cu"]
         extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         extension_type = CUDAExtension
     else:

@@ -1,9 +1,12 @@
 // CUDA kernels for the dense layer: pure compute, no allocation, no argument checks
 // (csrc/cuda/linear_cuda.cu checks, allocates and launches them).
 //
-//   gemm_tiled_kernel    C (M, N) = A (M, K) @ B (K, N) [+ bias (N) on every row]
-//                        [and a_row_sums (M) = A @ 1]
+//   gemm_tiled_kernel    V (M, N) = A (M, K) @ B (K, N) [+ bias (N) on every row]
+//                        [and a_row_sums (M) = A @ 1]; its epilogue stores C = act(V)
+//                        [and preactivation = V] (forward), or C = V * act'(Z)
+//                        (backward, Z read from memory)
 //   column_sums_kernel   out (chunks, cols) = per-chunk column sums of m (rows, cols)
+//   activation_grad_kernel  grad_z (M, N) = grad_y * act'(z), elementwise
 //
 // A, B and the column-sum input are strided views (any strides, stride 0 included), so
 // the three products of a layer read their operands in place, with no transposed copies:
@@ -33,6 +36,8 @@
 
 #include <cstdint>
 
+#include "activation.h"
+
 namespace pylibnn::cuda {
 
 // The operands of one GEMM launch. Element (i, k) of A is a[i * a_row_stride + k * a_col_stride],
@@ -51,6 +56,19 @@ struct GemmParams {
   const T* bias;        // (N) added to every row of C, or nullptr
   int64_t bias_stride;
   T* a_row_sums;        // (M) receives sum_k A(i, k), or nullptr
+  // Epilogue, at each (i, j) of V = A @ B (+ bias):
+  //   forward  (derivative_z == nullptr): preactivation[i * ld_preactivation + j] = V (when
+  //            preactivation is non-null) and C = act(V);
+  //   backward (derivative_z != nullptr): C = V * act'(z, y) with z = derivative_z[i * ld_derivative + j],
+  //            y = derivative_y[same] (or act(z) when derivative_y is null): V is the gradient
+  //            of a layer's output y = act(z), C the gradient of its pre-activation z.
+  // Activation::None with null pointers is the plain GEMM.
+  Activation activation;
+  T* preactivation;
+  int64_t ld_preactivation;
+  const T* derivative_z;
+  const T* derivative_y;
+  int64_t ld_derivative;
   int64_t M;
   int64_t N;
   int64_t K;
@@ -182,7 +200,8 @@ __global__ void __launch_bounds__(Tile::THREADS) gemm_tiled_kernel(const GemmPar
     __syncthreads();  // everyone is done with the slab before the next one overwrites it
   }
 
-  // Epilogue: bias, bounds-checked stores.
+  // Epilogue: bias, activation (see GemmParams), bounds-checked stores. The activation
+  // branches are uniform over the launch.
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int64_t row = row0 + ty + i * (BM / TM);
@@ -191,7 +210,18 @@ __global__ void __launch_bounds__(Tile::THREADS) gemm_tiled_kernel(const GemmPar
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
       const int64_t col = col0 + tx + j * (BN / TN);
-      if (col < p.N) c_row[col] = p.bias ? acc[i][j] + p.bias[col * p.bias_stride] : acc[i][j];
+      if (col >= p.N) continue;
+      T v = p.bias ? acc[i][j] + p.bias[col * p.bias_stride] : acc[i][j];
+      if (p.derivative_z != nullptr) {
+        const int64_t at = row * p.ld_derivative + col;
+        const T z = p.derivative_z[at];
+        const T y = p.derivative_y != nullptr ? p.derivative_y[at] : apply_activation(p.activation, z);
+        v *= activation_derivative(p.activation, z, y);
+      } else {
+        if (p.preactivation != nullptr) p.preactivation[row * p.ld_preactivation + col] = v;
+        v = apply_activation(p.activation, v);
+      }
+      c_row[col] = v;
     }
   }
   if (sums_rows && tid < BM && row0 + tid < p.M) p.a_row_sums[row0 + tid] = row_sum;
@@ -236,6 +266,26 @@ __global__ void __launch_bounds__(COLUMN_SUMS_COLS * COLUMN_SUMS_ROW_GROUPS)
     __syncthreads();
   }
   if (ty == 0 && col < cols) out[chunk * cols + col] = partial[0][tx];
+}
+
+// grad_z(i, j) = grad_y(i, j) * act'(z(i, j), act(z(i, j))) over an (M, N) grid: the
+// gradient of a layer's pre-activation from that of its output. grad_y and z are strided;
+// grad_z is row-major with leading dimension ld_grad_z (it may alias neither input).
+// Each thread walks a grid-stride loop over the flattened row-major index; elementwise, so
+// the result does not depend on the launch shape.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    activation_grad_kernel(const T* grad_y, int64_t grad_y_row_stride, int64_t grad_y_col_stride, const T* z,
+                           int64_t z_row_stride, int64_t z_col_stride, int64_t M, int64_t N, Activation activation,
+                           T* grad_z, int64_t ld_grad_z) {
+  const int64_t total = M * N;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < total; index += step) {
+    const int64_t i = index / N, j = index % N;
+    const T zij = z[i * z_row_stride + j * z_col_stride];
+    const T derivative = activation_derivative(activation, zij, apply_activation(activation, zij));
+    grad_z[i * ld_grad_z + j] = grad_y[i * grad_y_row_stride + j * grad_y_col_stride] * derivative;
+  }
 }
 
 }  // namespace pylibnn::cuda

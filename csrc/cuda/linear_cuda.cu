@@ -1,12 +1,20 @@
 // CUDA implementations of the pylibnn ops: check arguments (the checks the CPU shares),
 // allocate, dispatch on dtype (float32, float64), and launch the kernels of gemm_kernels.cuh
 // on the current stream of the input's device.
-//   linear_forward   y  = x @ W^T + b                          x (M, K), W (N, K), b (N) -> y (M, N)
-//   linear_backward  dx = dy @ W,  dW = dy^T @ x,  db = dy^T @ 1          dy (M, N)
+//   linear_forward       y  = x @ W^T + b                      x (M, K), W (N, K), b (N) -> y (M, N)
+//   linear_backward      dx = dy @ W,  dW = dy^T @ x,  db = dy^T @ 1          dy (M, N)
+//   linear_act_forward   z  = x @ W^T + b,  y = act(z)  (z saved when asked): one GEMM whose
+//                        epilogue stores both
+//   linear_act_backward  dz = dy * act'(z) (one elementwise pass into a temporary (M, N),
+//                        as dz feeds two products), then linear_backward's products on dz
 // Each product is one launch of the tiled GEMM over strided views of the operands (no
 // transposed or contiguous copies). db rides along the dW GEMM when that runs; otherwise a
 // deterministic column-sum kernel computes it. Empty outputs launch nothing; K == 0 (or
 // M == 0 for dW, db) still launches, to write the bias or zeros.
+// bfloat16 / float16 run in float32 (reduced_precision.h); the fused ops round every
+// output, preactivation included, to the input dtype.
+// The launchers (gemm, column_sums, ...) are declared in gemm_launch.h and instantiated
+// here for float and double, so mlp_cuda.cu reuses them without compiling the GEMM again.
 //
 // Only lean ATen/c10 headers here: torch/extension.h would cost minutes of nvcc time.
 #include <algorithm>
@@ -25,6 +33,7 @@
 #include <torch/library.h>
 
 #include "cuda/gemm_kernels.cuh"
+#include "cuda/gemm_launch.h"
 #include "linear_checks.h"
 #include "reduced_precision.h"
 
@@ -35,31 +44,12 @@ namespace {
 // 256 threads; 8.25 KiB (float) or 16.5 KiB (double) of shared memory per block.
 using Tile = GemmTile<64, 64, 16, 4, 4>;
 
-// Grid limits of CUDA: x up to 2^31 - 1 blocks, y up to 65535.
-constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
-constexpr int64_t kMaxGridY = 65535;
-
 // Rows each column-sum block adds up (at least; more when M would need over kMaxGridY chunks).
 constexpr int64_t kColumnSumsRowsPerChunk = 256;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Element (i, j) is data[i * row_stride + j * col_stride] (like the CPU's MatrixView).
-template <typename T>
-struct View {
-  const T* data;
-  int64_t rows;
-  int64_t cols;
-  int64_t row_stride;
-  int64_t col_stride;
-
-  View transposed() const { return {data, cols, rows, col_stride, row_stride}; }
-};
-
-template <typename T>
-View<T> view_of(const at::Tensor& t) {
-  return {t.const_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
-}
+// Threads per block of the elementwise kernel, and a cap on its grid (it strides over the rest).
+constexpr int kElementwiseThreads = 256;
+constexpr int64_t kElementwiseMaxBlocks = 65536;
 
 // Whether consecutive threads should step the second index of a (first, second) operand
 // when loading it: the one along which memory is contiguous (or closest to it).
@@ -69,10 +59,11 @@ bool load_along_second(int64_t first_stride, int64_t second_stride) {
   return second_stride <= first_stride;
 }
 
-// C (a.rows, b.cols) = a @ b [+ bias] [, a_row_sums = a @ 1]; C row-major with leading dim ldc.
+}  // namespace
+
 template <typename T>
 void gemm(const View<T>& a, const View<T>& b, T* c, int64_t ldc, const T* bias, int64_t bias_stride,
-          T* a_row_sums, cudaStream_t stream) {
+          T* a_row_sums, cudaStream_t stream, const GemmEpilogue<T>& epilogue) {
   GemmParams<T> p{};
   p.a = a.data;
   p.a_row_stride = a.row_stride;
@@ -85,6 +76,12 @@ void gemm(const View<T>& a, const View<T>& b, T* c, int64_t ldc, const T* bias, 
   p.bias = bias;
   p.bias_stride = bias_stride;
   p.a_row_sums = a_row_sums;
+  p.activation = epilogue.activation;
+  p.preactivation = epilogue.preactivation;
+  p.ld_preactivation = epilogue.ld_preactivation;
+  p.derivative_z = epilogue.derivative_z;
+  p.derivative_y = epilogue.derivative_y;
+  p.ld_derivative = epilogue.ld_derivative;
   p.M = a.rows;
   p.N = b.cols;
   p.K = a.cols;
@@ -105,9 +102,9 @@ void gemm(const View<T>& a, const View<T>& b, T* c, int64_t ldc, const T* bias, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// out (m.cols) = sum over the rows of m, deterministically: each pass sums fixed chunks of
-// rows into a (chunks, cols) workspace, which the next pass reduces the same way, until one
-// chunk is left. The split depends on the shape only, never on the device.
+// Each pass sums fixed chunks of rows into a (chunks, cols) workspace, which the next pass
+// reduces the same way, until one chunk is left. The split depends on the shape only,
+// never on the device.
 template <typename T>
 void column_sums(View<T> m, T* out, const at::TensorOptions& options, cudaStream_t stream) {
   if (m.cols == 0) return;
@@ -136,6 +133,44 @@ void column_sums(View<T> m, T* out, const at::TensorOptions& options, cudaStream
   }
 }
 
+template <typename T>
+void weight_and_bias_gradients(const View<T>& dz, const View<T>& x, T* grad_weight, T* grad_bias,
+                               const at::TensorOptions& options, cudaStream_t stream) {
+  const int64_t N = dz.cols, K = x.cols;
+  // The dW GEMM (N x K tiles over M) sums the rows of dz^T as it goes; it launches only
+  // when dW is non-empty, so K == 0 leaves db to the column-sum kernel.
+  const bool db_in_gemm = grad_weight != nullptr && grad_bias != nullptr && N > 0 && K > 0;
+  if (grad_weight != nullptr) {
+    gemm<T>(dz.transposed(), x, grad_weight, K, nullptr, 0, db_in_gemm ? grad_bias : nullptr, stream);
+  }
+  if (grad_bias != nullptr && !db_in_gemm) column_sums<T>(dz, grad_bias, options, stream);
+}
+
+template <typename T>
+void activation_grad(const View<T>& grad_y, const View<T>& z, Activation activation, T* grad_z, int64_t ld_grad_z,
+                     cudaStream_t stream) {
+  const int64_t total = grad_y.rows * grad_y.cols;
+  if (total == 0) return;
+  const int64_t blocks = std::min(ceil_div(total, kElementwiseThreads), kElementwiseMaxBlocks);
+  activation_grad_kernel<T><<<static_cast<unsigned>(blocks), kElementwiseThreads, 0, stream>>>(
+      grad_y.data, grad_y.row_stride, grad_y.col_stride, z.data, z.row_stride, z.col_stride, grad_y.rows,
+      grad_y.cols, activation, grad_z, ld_grad_z);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define PYLIBNN_INSTANTIATE_LAUNCHERS(T)                                                                      \
+  template void gemm<T>(const View<T>&, const View<T>&, T*, int64_t, const T*, int64_t, T*, cudaStream_t,    \
+                        const GemmEpilogue<T>&);                                                              \
+  template void column_sums<T>(View<T>, T*, const at::TensorOptions&, cudaStream_t);                          \
+  template void weight_and_bias_gradients<T>(const View<T>&, const View<T>&, T*, T*, const at::TensorOptions&, \
+                                             cudaStream_t);                                                   \
+  template void activation_grad<T>(const View<T>&, const View<T>&, Activation, T*, int64_t, cudaStream_t);
+PYLIBNN_INSTANTIATE_LAUNCHERS(float)
+PYLIBNN_INSTANTIATE_LAUNCHERS(double)
+#undef PYLIBNN_INSTANTIATE_LAUNCHERS
+
+namespace {
+
 at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias) {
   check_linear_forward_args(input, weight, bias);
@@ -153,6 +188,20 @@ at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   return output;
 }
 
+// The products of linear_backward from the gradient dz of the pre-activation, into the
+// tensors of empty_linear_gradients (unrequested ones are (0,) and untouched).
+template <typename T>
+void linear_backward_products(const View<T>& dz, const at::Tensor& input, const at::Tensor& weight,
+                              std::array<bool, 3> output_mask, at::Tensor& grad_input, at::Tensor& grad_weight,
+                              at::Tensor& grad_bias, const at::TensorOptions& options, cudaStream_t stream) {
+  const int64_t K = input.size(1);
+  if (output_mask[0]) {
+    gemm<T>(dz, view_of<T>(weight), grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream);
+  }
+  weight_and_bias_gradients<T>(dz, view_of<T>(input), output_mask[1] ? grad_weight.mutable_data_ptr<T>() : nullptr,
+                               output_mask[2] ? grad_bias.mutable_data_ptr<T>() : nullptr, options, stream);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Tensor& grad_output,
                                                                     const at::Tensor& input,
                                                                     const at::Tensor& weight,
@@ -163,27 +212,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t K = input.size(1), N = weight.size(0);
-  const auto options = grad_output.options();
   // Plain variables, not structured bindings: the dispatch lambda below captures them.
   at::Tensor grad_input, grad_weight, grad_bias;
   std::tie(grad_input, grad_weight, grad_bias) = empty_linear_gradients(grad_output, input, weight, output_mask);
-
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cuda", [&] {
-    const View<scalar_t> dy = view_of<scalar_t>(grad_output);
-    if (output_mask[0]) {
-      gemm<scalar_t>(dy, view_of<scalar_t>(weight), grad_input.mutable_data_ptr<scalar_t>(), K, nullptr, 0,
-                     nullptr, stream);
-    }
-    scalar_t* db = output_mask[2] ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
-    // The dW GEMM (N x K tiles over M) sums the rows of dy^T as it goes; it launches only
-    // when dW is non-empty, so K == 0 leaves db to the column-sum kernel.
-    const bool db_in_gemm = output_mask[1] && N > 0 && K > 0;
-    if (output_mask[1]) {
-      gemm<scalar_t>(dy.transposed(), view_of<scalar_t>(input), grad_weight.mutable_data_ptr<scalar_t>(), K,
-                     nullptr, 0, db_in_gemm ? db : nullptr, stream);
-    }
-    if (db && !db_in_gemm) column_sums<scalar_t>(dy, db, options, stream);
+    linear_backward_products<scalar_t>(view_of<scalar_t>(grad_output), input, weight, output_mask, grad_input,
+                                       grad_weight, grad_bias, grad_output.options(), stream);
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_act_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                                           const std::optional<at::Tensor>& bias,
+                                                           c10::string_view activation_name, bool save_preactivation) {
+  check_linear_act_forward_args(input, weight, bias);
+  const Activation activation = activation_from_name("pylibnn.linear_act_forward", activation_name);
+  const at::ScalarType dtype = input.scalar_type();
+  if (is_reduced_precision(dtype)) {
+    // float32 kernels, each result rounded once (reduced_precision.h).
+    auto [output, preactivation] =
+        linear_act_forward_cuda(widen(input), widen(weight), widen(bias), activation_name, save_preactivation);
+    return {output.to(dtype), preactivation.to(dtype)};
+  }
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const int64_t M = input.size(0), N = weight.size(0);
+  at::Tensor output = at::empty({M, N}, input.options());
+  at::Tensor preactivation = save_preactivation ? at::empty({M, N}, input.options()) : at::empty({0}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "linear_act_forward_cuda", [&] {
+    const auto epilogue = GemmEpilogue<scalar_t>::forward(
+        activation, save_preactivation ? preactivation.mutable_data_ptr<scalar_t>() : nullptr, N);
+    gemm<scalar_t>(view_of<scalar_t>(input), view_of<scalar_t>(weight).transposed(),
+                   output.mutable_data_ptr<scalar_t>(), N, has_bias ? bias->const_data_ptr<scalar_t>() : nullptr,
+                   has_bias ? bias->stride(0) : 0, nullptr, stream, epilogue);
+  });
+  return {output, preactivation};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& preactivation, c10::string_view activation_name, std::array<bool, 3> output_mask) {
+  check_linear_act_backward_args(grad_output, input, weight, preactivation);
+  const Activation activation = activation_from_name("pylibnn.linear_act_backward", activation_name);
+  const at::ScalarType dtype = grad_output.scalar_type();
+  if (is_reduced_precision(dtype)) {
+    // As backward_in_float32: widen what the requested gradients read (preactivation always).
+    auto [grad_input, grad_weight, grad_bias] =
+        linear_act_backward_cuda(widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]),
+                                 widen(preactivation), activation_name, output_mask);
+    return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+  }
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t M = grad_output.size(0), N = grad_output.size(1);
+  at::Tensor grad_input, grad_weight, grad_bias;
+  std::tie(grad_input, grad_weight, grad_bias) = empty_linear_gradients(grad_output, input, weight, output_mask);
+  if (!output_mask[0] && !output_mask[1] && !output_mask[2]) return {grad_input, grad_weight, grad_bias};
+  // dz is read by up to three products; one elementwise pass makes it once.
+  at::Tensor grad_z = at::empty({M, N}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "linear_act_backward_cuda", [&] {
+    activation_grad<scalar_t>(view_of<scalar_t>(grad_output), view_of<scalar_t>(preactivation), activation,
+                              grad_z.mutable_data_ptr<scalar_t>(), N, stream);
+    linear_backward_products<scalar_t>(view_of<scalar_t>(grad_z), input, weight, output_mask, grad_input,
+                                       grad_weight, grad_bias, grad_output.options(), stream);
   });
   return {grad_input, grad_weight, grad_bias};
 }
@@ -194,4 +286,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
 TORCH_LIBRARY_IMPL(pylibnn, CUDA, m) {
   m.impl("linear_forward", &pylibnn::cuda::linear_forward_cuda);
   m.impl("linear_backward", &pylibnn::cuda::linear_backward_cuda);
+  m.impl("linear_act_forward", &pylibnn::cuda::linear_act_forward_cuda);
+  m.impl("linear_act_backward", &pylibnn::cuda::linear_act_backward_cuda);
 }

@@ -1,0 +1,93 @@
+// Host-side launchers of the kernels in gemm_kernels.cuh, shared by the CUDA ops of
+// linear_cuda.cu (which defines them and instantiates them for float and double, so the
+// GEMM kernel is compiled once) and mlp_cuda.cu (whose per-layer path reuses them).
+// No argument checks here: the ops check, allocate and pick the stream; these launch
+// (nothing when the result is empty) and check the launch.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include <ATen/core/Tensor.h>
+#include <cuda_runtime_api.h>
+
+#include "activation.h"
+
+namespace pylibnn::cuda {
+
+// Grid limits of CUDA: x up to 2^31 - 1 blocks, y up to 65535.
+constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxGridY = 65535;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Element (i, j) is data[i * row_stride + j * col_stride] (like the CPU's MatrixView).
+template <typename T>
+struct View {
+  const T* data;
+  int64_t rows;
+  int64_t cols;
+  int64_t row_stride;
+  int64_t col_stride;
+
+  View transposed() const { return {data, cols, rows, col_stride, row_stride}; }
+};
+
+template <typename T>
+View<T> view_of(const at::Tensor& t) {
+  return {t.const_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+}
+
+// What the GEMM stores besides (or instead of) V = A @ B + bias; see GemmParams in
+// gemm_kernels.cuh. The default is the plain GEMM.
+template <typename T>
+struct GemmEpilogue {
+  Activation activation = Activation::None;
+  T* preactivation = nullptr;   // forward: receives V (row-major, ld_preactivation)
+  int64_t ld_preactivation = 0;
+  const T* derivative_z = nullptr;  // backward: C = V * act'(z, y), z row-major (ld_derivative)
+  const T* derivative_y = nullptr;  //           y = act(z) read from here, or recomputed if null
+  int64_t ld_derivative = 0;
+
+  static GemmEpilogue forward(Activation activation, T* preactivation = nullptr, int64_t ld_preactivation = 0) {
+    GemmEpilogue e;
+    e.activation = activation;
+    e.preactivation = preactivation;
+    e.ld_preactivation = ld_preactivation;
+    return e;
+  }
+  static GemmEpilogue backward(Activation activation, const T* z, const T* y, int64_t ld) {
+    GemmEpilogue e;
+    e.activation = activation;
+    e.derivative_z = z;
+    e.derivative_y = y;
+    e.ld_derivative = ld;
+    return e;
+  }
+};
+
+// C (a.rows, b.cols), row-major with leading dimension ldc, = epilogue(a @ b [+ bias]);
+// a_row_sums (a.rows) = a @ 1 when non-null (only meaningful for a plain epilogue, which
+// is how it is used: db alongside dW).
+template <typename T>
+void gemm(const View<T>& a, const View<T>& b, T* c, int64_t ldc, const T* bias, int64_t bias_stride,
+          T* a_row_sums, cudaStream_t stream, const GemmEpilogue<T>& epilogue = GemmEpilogue<T>());
+
+// out (m.cols) = column sums of m, deterministic (fixed chunks, fixed trees).
+template <typename T>
+void column_sums(View<T> m, T* out, const at::TensorOptions& options, cudaStream_t stream);
+
+// The parameter gradients of a layer from the gradient dz (M, N) of its pre-activation and
+// its input x (M, K): grad_weight (N, K, contiguous) = dz^T @ x when non-null, grad_bias (N) =
+// dz^T @ 1 when non-null (summed by the dW GEMM when that runs, else by column_sums).
+template <typename T>
+void weight_and_bias_gradients(const View<T>& dz, const View<T>& x, T* grad_weight, T* grad_bias,
+                               const at::TensorOptions& options, cudaStream_t stream);
+
+// grad_z (grad_y.rows, grad_y.cols), row-major with leading dimension ld_grad_z,
+// = grad_y * act'(z) elementwise (act(z) recomputed for the derivatives that use it).
+template <typename T>
+void activation_grad(const View<T>& grad_y, const View<T>& z, Activation activation, T* grad_z, int64_t ld_grad_z,
+                     cudaStream_t stream);
+
+}  // namespace pylibnn::cuda
