@@ -315,7 +315,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
   for (const bool flag : has_bias_list) has_bias_flags.push_back(flag);
   const at::ArrayRef<bool> has_bias(has_bias_flags);
   const std::vector<int64_t> widths =
-      check_mlp_backward_args(grad_output, input, weights, hidden, activation, has_bias);
+      check_mlp_backward_args(grad_output, input, weights, hidden, activation, has_bias_list);
   const at::ScalarType dtype = input.scalar_type();
   if (is_reduced_precision(dtype)) {
     std::vector<at::Tensor> wide_weights;
