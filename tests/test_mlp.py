@@ -350,3 +350,22 @@ def test_tutorial_training_matches_reference(device, act):
             assert abs(ours - ref) <= TUTORIAL_RTOL * abs(ref), f"seed {seed} epoch {epoch}: {ours!r} vs {ref!r}"
     ref_losses, our_losses, _, _ = reference.train_both(seed=0, device=device, model="mlp", activation=act)
     assert our_losses[-1] < 0.01 * our_losses[0]  # it trains
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast(device):
+    # Like F.linear under autocast: float32 parameters, the product in the autocast dtype,
+    # gradients back in float32.
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    mlp = pylibnn.MLP([8, 16, 4], activation="relu", device=device)
+    layer = pylibnn.Linear(8, 5, activation="tanh", device=device)
+    x = make_tensor((6, 8), torch.float32, device, 1, True)
+    with torch.autocast(device_type=device, dtype=dtype):
+        y, z = mlp(x), layer(x)
+        expected_y, expected_z = mlp.to_sequential()(x), torch.tanh(torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert y.dtype == dtype and z.dtype == dtype
+    torch.testing.assert_close(y, expected_y, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(z, expected_z, rtol=2e-2, atol=2e-2)
+    (y.float().sum() + z.float().sum()).backward()
+    assert x.grad.dtype == torch.float32 and mlp[0].weight.grad.dtype == torch.float32

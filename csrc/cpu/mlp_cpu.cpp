@@ -163,8 +163,13 @@ PackedWeights<T> pack_weights(const MlpShape& s, at::TensorList weights, const s
     const int64_t rs = w.stride(0), cs = w.stride(1);
     const int64_t N = s.out[l], K = s.in[l];
     if (transposed) {
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t k = 0; k < K; ++k) next[k * s.out_padded[l] + n] = wp[n * rs + k * cs];
+      // In 16 x 16 blocks: both the reads of W's rows and the writes of W^T's rows stay in
+      // a few cache lines (a plain double loop strides one of them by a whole row).
+      const int64_t ld = s.out_padded[l];
+      for (int64_t n0 = 0; n0 < N; n0 += 16)
+        for (int64_t k0 = 0; k0 < K; k0 += 16)
+          for (int64_t n = n0; n < std::min(N, n0 + 16); ++n)
+            for (int64_t k = k0; k < std::min(K, k0 + 16); ++k) next[k * ld + n] = wp[n * rs + k * cs];
       packed.transposed.push_back(next);
       next += K * s.out_padded[l];
     } else {
@@ -248,16 +253,18 @@ void mlp_forward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const a
           lda = layout.cols;
         }
         if (hidden) {
-          // hidden's padding is zero (mlp_layout.h): the kernels wrote whole vectors past
-          // N_l and rows past M in the last tile; the rest came zeroed.
-          for (int64_t l = 0; l + 1 < L; ++l)
-            for (int64_t r = 0; r < rows_padded; ++r) {
-              const int64_t from = r < rows ? s.out[l] : 0;
-              std::fill(h + r * layout.cols + layout.z_offset[l] + from,
-                        h + r * layout.cols + layout.z_offset[l] + s.out_padded[l], T(0));
-              std::fill(h + r * layout.cols + layout.y_offset[l] + from,
-                        h + r * layout.cols + layout.y_offset[l] + s.out_padded[l], T(0));
+          // hidden's padding is zero (mlp_layout.h), and hidden comes from at::empty: past
+          // N_l in every band of the tile's rows, and whole bands in the rows this tile owns
+          // past M (the last tile's, up to hidden's 8-row multiple).
+          const int64_t rows_owned = std::min(tiles.rows, layout.rows - r0);
+          for (int64_t r = 0; r < rows_owned; ++r) {
+            T* row = h + r * layout.cols;
+            for (int64_t l = 0; l + 1 < L; ++l) {
+              const int64_t from = r < rows ? s.out[l] : 0, to = padded_width(s.out[l]);
+              std::fill(row + layout.z_offset[l] + from, row + layout.z_offset[l] + to, T(0));
+              if (act != Activation::None) std::fill(row + layout.y_offset[l] + from, row + layout.y_offset[l] + to, T(0));
             }
+          }
         }
         for (int64_t r = 0; r < rows; ++r)
           std::memcpy(output + (r0 + r) * N_last, out_tile.data() + r * out_ld, sizeof(T) * N_last);
@@ -347,15 +354,22 @@ void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const 
     }
   });
 
-  // Parts in order: the same sums whichever thread ran each part.
+  // Parts in order: the same sums whichever thread ran each part. Rows of dW split over
+  // the threads when there is enough of them.
   for (int64_t l = 0; l < L; ++l) {
     const int64_t N = s.out[l], K = s.in[l], ld = s.in_padded[l];
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = 0; k < K; ++k) {
-        T sum = 0;
-        for (int64_t p = 0; p < tiles.parts; ++p) sum += partials[p * partial_size + dw_offset[l] + n * ld + k];
-        grad_weights[l][n * K + k] = sum;
+    const int64_t grain = threads > 1 ? std::max<int64_t>(1, 8192 / std::max<int64_t>(K, 1)) : std::max<int64_t>(N, 1);
+    at::parallel_for(0, N, grain, [&](int64_t n_begin, int64_t n_end) {
+      for (int64_t n = n_begin; n < n_end; ++n) {
+        T* out = grad_weights[l] + n * K;
+        const T* first = partials.data() + dw_offset[l] + n * ld;
+        std::copy(first, first + K, out);
+        for (int64_t p = 1; p < tiles.parts; ++p) {
+          const T* part = first + p * partial_size;
+          for (int64_t k = 0; k < K; ++k) out[k] += part[k];
+        }
       }
+    });
     if (grad_biases[l]) {
       for (int64_t n = 0; n < N; ++n) {
         T sum = 0;
@@ -386,7 +400,8 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::
   const int64_t M = input.size(0);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   at::Tensor output = at::empty({M, widths.back()}, input.options());
-  at::Tensor hidden = save_hidden ? at::zeros({layout.rows, layout.cols}, input.options()) : at::empty({0}, input.options());
+  // Every element of hidden is written by the kernel (its padding as zeros).
+  at::Tensor hidden = at::empty(save_hidden ? at::IntArrayRef{layout.rows, layout.cols} : at::IntArrayRef{0}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cpu", [&] {
     const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
     const MlpShape shape = mlp_shape(M, input.size(1), widths, panel.lanes);
