@@ -43,13 +43,15 @@ IMPLS = ["sequential", "compiled", "pylibnn"]
 MODES = ["forward", "fwd+bwd", "step"]
 
 
-def make_models(sizes, activation, device):
+def make_models(sizes, activation, device, impls):
     torch.manual_seed(0)
     mlp = pylibnn.MLP(sizes, activation=activation, device=device)
     sequential = mlp.to_sequential()  # same modules, same values
-    compiled_source = mlp.to_sequential()
-    compiled = torch.compile(compiled_source)
-    return {"sequential": (sequential, sequential), "compiled": (compiled, compiled_source), "pylibnn": (mlp, mlp)}
+    models = {"sequential": (sequential, sequential), "pylibnn": (mlp, mlp)}
+    if "compiled" in impls:
+        compiled_source = mlp.to_sequential()
+        models["compiled"] = (torch.compile(compiled_source), compiled_source)
+    return {impl: models[impl] for impl in impls}
 
 
 def callables(model, params_owner, x, target, grad, mode):
@@ -80,8 +82,11 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="fewer repeats, shorter samples")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 11, quick 5)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="leave out torch.compile (its first compile per network costs seconds to minutes)")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
+    impls = [impl for impl in IMPLS if not (args.no_compile and impl == "compiled")]
     device = args.device
     repeats = args.repeats or (5 if args.quick else 11)
     min_sample_s = 0.02 if args.quick else 0.05
@@ -95,7 +100,7 @@ def main(argv=None):
     floor = bench_case({"floor": autograd_floor(device)}, timer, repeats, min_sample_s, 30)["floor"]["median_s"]
     print(f"autograd floor (one-node graph through Tensor.backward): {floor * 1e6:.1f} us", flush=True)
     for name, sizes, activation, batch in NETWORKS:
-        models = make_models(sizes, activation, device)
+        models = make_models(sizes, activation, device, impls)
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(batch, sizes[0], generator=gen).to(device)
         target = torch.randn(batch, sizes[-1], generator=gen).to(device)
@@ -104,16 +109,16 @@ def main(argv=None):
             fns = {impl: callables(model, owner, x, target, grad, mode) for impl, (model, owner) in models.items()}
             stats = bench_case(fns, timer, repeats, min_sample_s, 60)
             base = stats["sequential"]["median_s"]
-            for impl in IMPLS:
+            compiled = stats["compiled"]["median_s"] if "compiled" in stats else float("nan")
+            for impl in impls:
                 s = stats[impl]
                 rows.append({"network": name, "mode": mode, "impl": impl, "median_us": s["median_s"] * 1e6,
                              "min_us": s["min_s"] * 1e6, "max_us": s["max_s"] * 1e6, "samples": s["samples"],
                              "speedup_vs_sequential": base / s["median_s"],
-                             "speedup_vs_compiled": stats["compiled"]["median_s"] / s["median_s"],
-                             "error": s["error"]})
-            line = "  ".join(f"{impl} {stats[impl]['median_s'] * 1e6:8.1f} us" for impl in IMPLS)
+                             "speedup_vs_compiled": compiled / s["median_s"], "error": s["error"]})
+            line = "  ".join(f"{impl} {stats[impl]['median_s'] * 1e6:8.1f} us" for impl in impls)
             print(f"{name:34s} {mode:8s} {line}  pylibnn {base / stats['pylibnn']['median_s']:.2f}x sequential, "
-                  f"{stats['compiled']['median_s'] / stats['pylibnn']['median_s']:.2f}x compiled", flush=True)
+                  f"{compiled / stats['pylibnn']['median_s']:.2f}x compiled", flush=True)
         for model, _ in models.values():
             model.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - start
@@ -136,7 +141,7 @@ def main(argv=None):
     by_key = {(r["network"], r["mode"], r["impl"]): r for r in rows}
     for name, *_ in NETWORKS:
         for mode in MODES:
-            r = {impl: by_key[(name, mode, impl)] for impl in IMPLS}
+            r = {impl: by_key.get((name, mode, impl), {"median_us": float("nan")}) for impl in IMPLS}
             lines.append(f"| {name} | {mode} | {r['sequential']['median_us']:.1f} | {r['compiled']['median_us']:.1f} | "
                          f"{r['pylibnn']['median_us']:.1f} | {r['pylibnn']['speedup_vs_sequential']:.2f}x | "
                          f"{r['pylibnn']['speedup_vs_compiled']:.2f}x |")

@@ -11,6 +11,7 @@
 #   tests   python -m pytest -q tests -k cuda
 #   tutor   python -m pylibnn --device cuda (tutorial network, pylibnn vs reference)
 #   bench   python benchmarks/bench_linear.py --device cuda --quick --out OUT_DIR
+#   mlp     python benchmarks/bench_mlp.py --device cuda --quick --no-compile --out OUT_DIR
 #   cs-*    compute-sanitizer memcheck and racecheck over a subset of the CUDA tests, with the
 #           budget left (a timeout or a missing tool is a WARN, a sanitizer report a FAIL)
 # Writes OUT_DIR/gpu_check.log (everything) and prints a summary table LAST.
@@ -163,8 +164,8 @@ case "$IMPORT_RC" in
 esac
 
 # ---------------------------------------------------------------- tests
-# Leave ~150 s for the tutorial run and the benchmark after the tests.
-TESTS_S=$(( $(remaining) - 150 )); [ "$TESTS_S" -gt 240 ] && TESTS_S=240
+# Leave ~210 s for the tutorial run and the benchmarks after the tests.
+TESTS_S=$(( $(remaining) - 210 )); [ "$TESTS_S" -gt 240 ] && TESTS_S=240
 run_step tests "$TESTS_S" "$PYTHON" -m pytest -q -rfE tests -k cuda -p no:cacheprovider
 case "$STEP_RC" in
   0) record tests PASS "pytest -k cuda: $(last_line 'passed|skipped')" ;;
@@ -183,6 +184,12 @@ if [ "$BENCH_RC" = 0 ]; then
   record bench PASS "bench_linear.py --device cuda --quick -> $OUT_DIR/linear_cuda_quick.{csv,md,png}"
 else
   record bench "$(status_of "$BENCH_RC")" "bench_linear.py --device cuda --quick: $(last_line)"
+fi
+run_step mlp 60 "$PYTHON" benchmarks/bench_mlp.py --device cuda --quick --no-compile --out "$OUT_DIR"
+if [ "$STEP_RC" = 0 ]; then
+  record mlp PASS "bench_mlp.py --device cuda --quick -> $OUT_DIR/mlp_cuda_quick.{csv,md}"
+else
+  record mlp "$(status_of "$STEP_RC")" "bench_mlp.py --device cuda --quick: $(last_line)"
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer
@@ -206,6 +213,9 @@ else
     if [ "$tool" = memcheck ]; then FILTER="cuda and (direct or packed)"; else FILTER="cuda and direct and f32"; fi
     run_step "cs-$tool" 120 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
       "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_ops.py tests/test_nonfinite.py -k "$FILTER"
+    [ "$STEP_RC" = 0 ] && run_step "cs-$tool-fused" 90 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
+      "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_mlp.py tests/test_fused_linear.py \
+      -k "cuda and (matches_sequential or matches_reference or hidden_layout) and not f64"
     case "$STEP_RC" in
       0) record "cs-$tool" PASS "compute-sanitizer --tool $tool: $(last_line 'ERROR SUMMARY|passed')" ;;
       124|137) record "cs-$tool" WARN "compute-sanitizer --tool $tool: timed out (${STEP_SECS}s); not a failure" ;;
