@@ -1,5 +1,6 @@
 """Distributed training: one step of DistributedDataParallel and one of FSDP (fully_shard),
-with the gloo backend on 2 local processes, on a pylibnn model, give the gradients and
+with the gloo backend on 2 local processes, on a pylibnn model (Linear layers, and the
+same network as one fused MLP), give the gradients and
 parameters of a single-process full-batch step. Both wrappers run in one pair of
 processes: starting them costs more than the steps."""
 
@@ -21,8 +22,10 @@ WORLD_SIZE = 2
 BATCH = 8  # split evenly over the ranks
 
 
-def _model():
+def _model(kind="linear"):
     torch.manual_seed(0)
+    if kind == "mlp":  # the fused network, the same layers and values as the Sequential below
+        return pylibnn.MLP([6, 16, 3], activation="tanh").double()
     return nn.Sequential(pylibnn.Linear(6, 16), nn.Tanh(), pylibnn.Linear(16, 3)).double()
 
 
@@ -58,20 +61,21 @@ def _worker(rank, port, out_dir):
         x, y = _data()
         shard = slice(rank * BATCH // WORLD_SIZE, (rank + 1) * BATCH // WORLD_SIZE)
         results = {}
-
-        ddp = nn.parallel.DistributedDataParallel(_model())
-        grads = _step(ddp, list(ddp.parameters()), x[shard], y[shard])
-        results["ddp"] = {"grads": grads, "params": [p.detach().clone() for p in ddp.module.parameters()]}
-
         from torch.distributed.fsdp import fully_shard
-        model = _model()
-        for layer in model:
-            if isinstance(layer, pylibnn.Linear):
-                fully_shard(layer)
-        fully_shard(model)
-        grads = _step(model, list(model.parameters()), x[shard], y[shard])
-        results["fsdp"] = {"grads": [g.full_tensor() for g in grads],
-                           "params": [p.detach().full_tensor() for p in model.parameters()]}
+        for kind in ("linear", "mlp"):
+            ddp = nn.parallel.DistributedDataParallel(_model(kind))
+            grads = _step(ddp, list(ddp.parameters()), x[shard], y[shard])
+            results[f"ddp-{kind}"] = {"grads": grads, "params": [p.detach().clone() for p in ddp.module.parameters()]}
+
+            model = _model(kind)
+            if kind == "linear":
+                for layer in model:
+                    if isinstance(layer, pylibnn.Linear):
+                        fully_shard(layer)
+            fully_shard(model)  # the MLP is one unit: its one op reads every layer's parameters
+            grads = _step(model, list(model.parameters()), x[shard], y[shard])
+            results[f"fsdp-{kind}"] = {"grads": [g.full_tensor() for g in grads],
+                                       "params": [p.detach().full_tensor() for p in model.parameters()]}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -84,14 +88,15 @@ def distributed_results(tmp_path_factory):
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
 @pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
-def test_step_matches_full_batch(distributed_results, wrapper):
-    model = _model()
+def test_step_matches_full_batch(distributed_results, wrapper, kind):
+    model = _model("linear")  # the single-process reference: the Sequential of pylibnn.Linear
     x, y = _data()
     grads = _step(model, list(model.parameters()), x, y)
     params = [p.detach() for p in model.parameters()]
     for rank, results in enumerate(distributed_results):
-        result = results[wrapper]
+        result = results[f"{wrapper}-{kind}"]
         assert len(result["grads"]) == len(grads) == 4
         for got, expected in zip(result["grads"], grads):
             torch.testing.assert_close(got, expected, msg=lambda m: f"rank {rank} gradient: {m}")

@@ -94,3 +94,17 @@ def test_converted_model_saves_and_loads():
     # convert() then save: the converted model is an ordinary pylibnn model.
     converted = pylibnn.convert(_model("cpu", nn.Linear))
     _assert_same_model(_round_trip(converted, weights_only=False), converted, "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mlp_save_load_copy_pickle(device):
+    torch.manual_seed(0)
+    mlp = pylibnn.MLP([5, 7, 3], activation="gelu", device=device)
+    x = make_tensor((4, 5), torch.float32, device, 1)
+    for restored in (_round_trip(mlp, weights_only=False), copy.deepcopy(mlp), pickle.loads(pickle.dumps(mlp))):
+        assert type(restored) is pylibnn.MLP and restored.activation == "gelu" and restored.sizes == [5, 7, 3]
+        assert torch.equal(restored(x), mlp(x))
+    state = _round_trip(mlp.state_dict())
+    fresh = pylibnn.MLP([5, 7, 3], activation="gelu", device=device)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(x), mlp(x))
