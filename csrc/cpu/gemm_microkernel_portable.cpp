@@ -48,7 +48,7 @@ constexpr int kPortableLanes = 8;
 
 template <typename T, int MR, int NV>
 void panel_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b, int64_t ldb,
-                  T* c, int64_t ldc, bool accumulate, const T* bias) {
+                  T* c, int64_t ldc, bool accumulate, const T* bias, Activation act, T* y, int64_t ldy) {
   constexpr int NR = NV * kPortableLanes;
   T acc[MR][NR] = {};
   for (int64_t p = 0; p < depth; ++p) {
@@ -64,6 +64,7 @@ void panel_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col
     for (int j = 0; j < NR; ++j) {
       const T out = bias ? acc[i][j] + bias[j] : acc[i][j];
       ci[j] = accumulate ? ci[j] + out : out;
+      if (y) y[i * ldy + j] = apply_activation(act, ci[j]);
     }
   }
 }

@@ -119,42 +119,6 @@ void dot_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const type
 namespace pylibnn::cpu {
 namespace {
 
-// Panel kernel (gemm_microkernels.h): MR x NV vectors of C, A read through both strides.
-template <typename V, int MR, int NV>
-void panel_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
-                  const typename V::Scalar* b, int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate,
-                  const typename V::Scalar* bias) {
-  using Vec = typename V::Vec;
-  Vec acc[MR][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
-  for (int64_t p = 0; p < depth; ++p) {
-    Vec bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const Vec ai = V::broadcast(a + i * a_row_stride);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
-    }
-    a += a_col_stride;
-    b += ldb;
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    typename V::Scalar* ci = c + i * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      Vec out = bias ? V::add(acc[i][v], V::load(bias + v * V::lanes)) : acc[i][v];
-      if (accumulate) out = V::add(out, V::load(ci + v * V::lanes));
-      V::store(ci + v * V::lanes, out);
-    }
-  }
-}
-
 // act(z) for one vector; the formulas of activation.h with the vector math of V (SLEEF's
 // exp, tanh and erf, as torch's own vectorized activations use).
 template <typename V>
@@ -209,6 +173,66 @@ typename V::Vec activation_gradient_vector(Activation act, typename V::Vec grad,
     case Activation::Sigmoid: return V::mul(grad, V::mul(y, V::sub(c(1), y)));
   }
   return grad;
+}
+
+// Stores an MR x NV tile of accumulators to c, and act(tile) to y when y is given. The
+// activation is chosen once per tile, not per vector.
+template <typename V, int MR, int NV, typename Act>
+void store_activated_tile(typename V::Vec (&acc)[MR][NV], typename V::Scalar* c, int64_t ldc, typename V::Scalar* y,
+                          int64_t ldy, const Act& act) {
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      V::store(c + i * ldc + v * V::lanes, acc[i][v]);
+      V::store(y + i * ldy + v * V::lanes, act(acc[i][v]));
+    }
+}
+
+// Panel kernel (gemm_microkernels.h): MR x NV vectors of C, A read through both strides,
+// optional activation epilogue into y.
+template <typename V, int MR, int NV>
+void panel_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
+                  const typename V::Scalar* b, int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate,
+                  const typename V::Scalar* bias, Activation act, typename V::Scalar* y, int64_t ldy) {
+  using Vec = typename V::Vec;
+  Vec acc[MR][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t p = 0; p < depth; ++p) {
+    Vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const Vec ai = V::broadcast(a + i * a_row_stride);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+    }
+    a += a_col_stride;
+    b += ldb;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      if (bias) acc[i][v] = V::add(acc[i][v], V::load(bias + v * V::lanes));
+      if (accumulate) acc[i][v] = V::add(acc[i][v], V::load(c + i * ldc + v * V::lanes));
+    }
+  if (y == nullptr) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::lanes, acc[i][v]);
+  } else if (act == Activation::ReLU) {
+    store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy, [](Vec z) { return V::zero_where_not_positive(z, z); });
+  } else if (act == Activation::Tanh) {
+    store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy, [](Vec z) { return V::tanh(z); });
+  } else {
+    store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy, [act](Vec z) { return activate_vector<V>(act, z); });
+  }
 }
 
 // Applies f to every row of a rows x cols block, whole vectors first; the last cols % lanes

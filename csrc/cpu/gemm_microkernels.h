@@ -52,10 +52,13 @@ struct DotKernel {
 //                    + (bias ? bias[j] : 0)                  for i < MR, j < nv * lanes, p < depth
 // with A read in place through both strides (an activation tile, or its transpose for a
 // weight gradient) and B rows of whole vectors (padded weights or activation tiles).
+// When y is given, the tile also gets the activation epilogue, from registers:
+//   y[i * ldy + j] = act(c[i * ldc + j])
 // run[nv - 1] computes nv vectors of columns, nv = 1 .. max_vectors.
 template <typename T>
 using PanelKernelFn = void (*)(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
-                               int64_t ldb, T* c, int64_t ldc, bool accumulate, const T* bias);
+                               int64_t ldb, T* c, int64_t ldc, bool accumulate, const T* bias, Activation act, T* y,
+                               int64_t ldy);
 
 template <typename T>
 struct PanelKernels {

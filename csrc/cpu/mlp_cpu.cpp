@@ -49,19 +49,20 @@ constexpr int64_t kParallelMinMultiplyAdds = 48 * 48 * 48;
 constexpr int64_t kTileBytes = 256 * 1024;
 
 // C (rows x width) = [bias +] A (rows x depth) @ B (depth x width): rows a multiple of the
-// kernel's MR, width a multiple of its lanes. Column blocks outermost, so a depth x block
-// panel of B stays in L1 while every row group of A passes over it.
+// kernel's MR, width a multiple of its lanes; with y, also y = act(C) (the epilogue).
+// Column blocks outermost, so a depth x block panel of B stays in L1 while every row group
+// of A passes over it.
 template <typename T>
 void panel_gemm(const PanelKernels<T>& kernels, int64_t rows, int64_t width, int64_t depth, const T* a,
                 int64_t a_row_stride, int64_t a_col_stride, const T* b, int64_t ldb, T* c, int64_t ldc,
-                bool accumulate, const T* bias) {
+                bool accumulate, const T* bias, Activation act = Activation::None, T* y = nullptr, int64_t ldy = 0) {
   const int64_t block = kernels.max_vectors * kernels.lanes;
   for (int64_t j = 0; j < width; j += block) {
     const int64_t vectors = std::min(block, width - j) / kernels.lanes;
     const PanelKernelFn<T> run = kernels.run[vectors - 1];
     for (int64_t i = 0; i < rows; i += kernels.mr) {
       run(depth, a + i * a_row_stride, a_row_stride, a_col_stride, b + j, ldb, c + i * ldc + j, ldc, accumulate,
-          bias ? bias + j : nullptr);
+          bias ? bias + j : nullptr, act, y ? y + i * ldy + j : nullptr, ldy);
     }
   }
 }
@@ -214,7 +215,6 @@ void mlp_forward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const a
                         at::TensorList weights, const std::vector<const T*>& biases,
                         const std::vector<int64_t>& bias_strides, Activation act, const MlpHiddenLayout& layout,
                         T* hidden, T* output) {
-  const ActivationKernels<T>& activation = activation_kernels<T>(fused_microkernels());
   const int64_t L = s.layers();
   const PackedWeights<T> packed = pack_weights<T>(s, weights, biases, bias_strides, true, false);
 
@@ -244,11 +244,12 @@ void mlp_forward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const a
           const bool last = l == L - 1;
           T* z = last ? out_tile.data() : h + layout.z_offset[l];
           const int64_t ldz = last ? out_ld : layout.cols;
+          // Hidden layers write z and, from the same registers, act(z) (the epilogue).
+          T* y = last ? nullptr : h + layout.y_offset[l];
           panel_gemm(panel, rows_padded, s.out_padded[l], s.in[l], a, lda, int64_t(1), packed.transposed[l],
-                     s.out_padded[l], z, ldz, false, packed.bias[l]);
+                     s.out_padded[l], z, ldz, false, packed.bias[l], act, act == Activation::None ? nullptr : y,
+                     layout.cols);
           if (last) break;
-          T* y = h + layout.y_offset[l];
-          if (act != Activation::None) activation.activate(act, z, ldz, y, layout.cols, rows_padded, s.out[l]);
           a = y;
           lda = layout.cols;
         }
