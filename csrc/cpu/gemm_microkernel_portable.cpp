@@ -7,18 +7,28 @@
 namespace pylibnn::cpu {
 namespace {
 
+// acc[i][j] = sum_p A(i, p) * b[p * ldb + j], A(i, p) = a[i * a_row_stride + p * a_col_stride]:
+// the k loop of the broadcast and panel kernels, a multiply and an add per term.
+template <typename T, int MR, int NR>
+void multiply_accumulate_tile(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
+                              int64_t ldb, T (&acc)[MR][NR]) {
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = T(0);
+  for (int64_t p = 0; p < depth; ++p) {
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i * a_row_stride];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+    a += a_col_stride;
+    b += ldb;
+  }
+}
+
 template <typename T, int MR, int NR>
 void broadcast_kernel(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate,
                       const T* bias) {
-  T acc[MR][NR] = {};
-  for (int64_t p = 0; p < kc; ++p) {
-    for (int i = 0; i < MR; ++i) {
-      const T ai = a[i];
-      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
-    }
-    a += MR;
-    b += ldb;
-  }
+  T acc[MR][NR];
+  multiply_accumulate_tile<T, MR, NR>(kc, a, 1, MR, b, ldb, acc);
   for (int i = 0; i < MR; ++i) {
     T* ci = c + i * ldc;
     for (int j = 0; j < NR; ++j) {
@@ -50,15 +60,8 @@ template <typename T, int MR, int NV>
 void panel_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b, int64_t ldb,
                   T* c, int64_t ldc, bool accumulate, const T* bias, Activation act, T* y, int64_t ldy) {
   constexpr int NR = NV * kPortableLanes;
-  T acc[MR][NR] = {};
-  for (int64_t p = 0; p < depth; ++p) {
-    for (int i = 0; i < MR; ++i) {
-      const T ai = a[i * a_row_stride];
-      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
-    }
-    a += a_col_stride;
-    b += ldb;
-  }
+  T acc[MR][NR];
+  multiply_accumulate_tile<T, MR, NR>(depth, a, a_row_stride, a_col_stride, b, ldb, acc);
   for (int i = 0; i < MR; ++i) {
     T* ci = c + i * ldc;
     for (int j = 0; j < NR; ++j) {

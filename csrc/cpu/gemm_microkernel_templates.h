@@ -11,8 +11,36 @@
 namespace pylibnn::cpu {
 namespace {
 
-// Broadcast kernel: an MR x (NV * lanes) tile. MR * NV accumulators stay in registers; per
-// k step NV vectors of B are loaded and each of the MR values of A is broadcast into NV FMAs.
+// The k loop of the broadcast and panel kernels: acc[i][v] = sum_p A(i, p) * B(p, vector v),
+// A(i, p) = a[i * a_row_stride + p * a_col_stride]. MR * NV accumulators stay in registers;
+// per k step NV vectors of B are loaded and each of the MR values of A is broadcast into NV
+// FMAs. Always inlined, so constant strides (a packed panel's 1 and MR) fold into the
+// addressing.
+template <typename V, int MR, int NV>
+__attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t depth, const typename V::Scalar* a,
+                                                                    int64_t a_row_stride, int64_t a_col_stride,
+                                                                    const typename V::Scalar* b, int64_t ldb,
+                                                                    typename V::Vec (&acc)[MR][NV]) {
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t p = 0; p < depth; ++p) {
+    typename V::Vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const typename V::Vec ai = V::broadcast(a + i * a_row_stride);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+    }
+    a += a_col_stride;
+    b += ldb;
+  }
+}
+
+// Broadcast kernel: an MR x (NV * lanes) tile from a packed MR-row panel of A.
 template <typename V, int MR, int NV>
 void broadcast_kernel(int64_t kc, const typename V::Scalar* a, const typename V::Scalar* b, int64_t ldb,
                       typename V::Scalar* c, int64_t ldc, bool accumulate, const typename V::Scalar* bias) {
@@ -25,23 +53,7 @@ void broadcast_kernel(int64_t kc, const typename V::Scalar* a, const typename V:
     __builtin_prefetch(c + i * ldc + NV * V::lanes - 1, 1, 3);
   }
   Vec acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
-  for (int64_t p = 0; p < kc; ++p) {
-    Vec bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const Vec ai = V::broadcast(a + i);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
-    }
-    a += MR;
-    b += ldb;
-  }
+  multiply_accumulate_tile<V, MR, NV>(kc, a, 1, MR, b, ldb, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     typename V::Scalar* ci = c + i * ldc;
@@ -197,23 +209,7 @@ void panel_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stri
                   const typename V::Scalar* bias, Activation act, typename V::Scalar* y, int64_t ldy) {
   using Vec = typename V::Vec;
   Vec acc[MR][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
-  for (int64_t p = 0; p < depth; ++p) {
-    Vec bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const Vec ai = V::broadcast(a + i * a_row_stride);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
-    }
-    a += a_col_stride;
-    b += ldb;
-  }
+  multiply_accumulate_tile<V, MR, NV>(depth, a, a_row_stride, a_col_stride, b, ldb, acc);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4

@@ -69,11 +69,20 @@ std::optional<at::Tensor> bias_at(const c10::List<std::optional<at::Tensor>>& bi
   return bias;
 }
 
-// The layer descriptors of the fused kernels, with the contiguous weights they point to
-// (kept alive by the caller until the launch is enqueued).
+// The parameters both fused kernels share: the input, the activation, hidden's shape, and
+// the layer descriptors with the contiguous weights they point to (kept alive by the
+// caller until the launch is enqueued).
 template <typename T>
-void describe_layers(FusedMlpParams<T>& p, at::TensorList weights, const c10::List<std::optional<at::Tensor>>* biases,
-                     const MlpHiddenLayout& layout, std::vector<at::Tensor>& contiguous_weights) {
+void describe_layers(FusedMlpParams<T>& p, const at::Tensor& input, Activation activation, at::TensorList weights,
+                     const c10::List<std::optional<at::Tensor>>* biases, const MlpHiddenLayout& layout,
+                     std::vector<at::Tensor>& contiguous_weights) {
+  p.activation = activation;
+  p.M = input.size(0);
+  p.hidden_rows = layout.rows;
+  p.hidden_ld = layout.cols;
+  p.input = input.const_data_ptr<T>();
+  p.input_row_stride = input.stride(0);
+  p.input_col_stride = input.stride(1);
   p.num_layers = static_cast<int>(weights.size());
   for (size_t l = 0; l < weights.size(); ++l) {
     contiguous_weights.push_back(weights[l].contiguous());
@@ -110,14 +119,7 @@ void mlp_forward_fused(const at::Tensor& input, at::TensorList weights,
   TORCH_CHECK(blocks <= kMaxGridX, kForwardOp, ": ", M, " rows need more than ", kMaxGridX, " blocks");
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
-  describe_layers<T>(p, weights, &biases, layout, contiguous_weights);
-  p.activation = activation;
-  p.M = M;
-  p.hidden_rows = layout.rows;
-  p.hidden_ld = layout.cols;
-  p.input = input.const_data_ptr<T>();
-  p.input_row_stride = input.stride(0);
-  p.input_col_stride = input.stride(1);
+  describe_layers<T>(p, input, activation, weights, &biases, layout, contiguous_weights);
   p.output = output.mutable_data_ptr<T>();
   p.hidden = save_hidden ? hidden.mutable_data_ptr<T>() : nullptr;
   mlp_forward_fused_kernel<T, Tile::FORWARD_ROWS, Tile::CHUNK>
@@ -131,6 +133,7 @@ void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
                            const MlpHiddenLayout& layout, at::Tensor& output, at::Tensor& hidden, bool save_hidden,
                            cudaStream_t stream) {
   const int64_t M = input.size(0);
+  if (M == 0) return;  // nothing to write (and hidden's data pointer may be null: no band offsets)
   const size_t L = weights.size();
   View<T> a = view_of<T>(input);
   // a_l when hidden is not saved. Replacing it while the GEMM reading it is still queued is
@@ -217,7 +220,7 @@ void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, 
   const int64_t M = input.size(0);
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
-  describe_layers<T>(p, weights, nullptr, layout, contiguous_weights);
+  describe_layers<T>(p, input, activation, weights, nullptr, layout, contiguous_weights);
   // Each block's row of partials: dW_0, [db_0], dW_1, [db_1], ...
   int64_t partials_stride = 0;
   for (size_t l = 0; l < weights.size(); ++l) {
@@ -238,13 +241,6 @@ void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, 
   at::Tensor partials;
   if (blocks > 0) {
     partials = at::empty({blocks, partials_stride}, grad_output.options());
-    p.activation = activation;
-    p.M = M;
-    p.hidden_rows = layout.rows;
-    p.hidden_ld = layout.cols;
-    p.input = input.const_data_ptr<T>();
-    p.input_row_stride = input.stride(0);
-    p.input_col_stride = input.stride(1);
     p.grad_output = grad_output.const_data_ptr<T>();
     p.grad_output_row_stride = grad_output.stride(0);
     p.grad_output_col_stride = grad_output.stride(1);
@@ -280,6 +276,15 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
                             bool input_grad, const MlpHiddenLayout& layout, MlpGradients& grads,
                             cudaStream_t stream) {
   const int64_t M = input.size(0);
+  if (M == 0) {
+    // No rows: the weight and bias gradients are empty sums (and hidden's data pointer may
+    // be null, so no band offsets are taken).
+    for (size_t l = 0; l < weights.size(); ++l) {
+      grads.grad_weights[l].zero_();
+      if (has_bias[l]) grads.grad_biases[l].zero_();
+    }
+    return;
+  }
   const auto options = grad_output.options();
   const T* saved = hidden.const_data_ptr<T>();
   View<T> dz = view_of<T>(grad_output);
