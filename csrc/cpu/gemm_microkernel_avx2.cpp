@@ -53,6 +53,22 @@ struct Float32x8 {
   static Vec erf(Vec v) { return Sleef_erff8_u10avx2(v); }
   // (z <= 0) ? 0 : v; a NaN z keeps v (relu passes NaN on, as torch's does)
   static Vec zero_where_not_positive(Vec z, Vec v) { return _mm256_and_ps(_mm256_cmp_ps(z, zero(), _CMP_NLE_UQ), v); }
+  // For the float32 exp and tanh of the templates (fast_exp, fast_tanh).
+  static Vec abs(Vec v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+  static Vec min(Vec a, Vec b) { return _mm256_min_ps(a, b); }  // b when either is NaN
+  static Vec max(Vec a, Vec b) { return _mm256_max_ps(a, b); }  // b when either is NaN
+  static Vec round(Vec v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static Vec scale_by_power_of_2(Vec v, Vec n) {  // v * 2^n for integral n in [-126, 127]
+    const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(v, _mm256_castsi256_ps(exponent));
+  }
+  static Vec select_less(Vec a, Vec b, Vec x, Vec y) {  // a < b ? x : y
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+  }
+  static Vec copysign(Vec magnitude, Vec sign) {
+    const Vec sign_bit = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(sign_bit, magnitude), _mm256_and_ps(sign_bit, sign));
+  }
 };
 
 struct Float64x4 {

@@ -49,6 +49,19 @@ struct Float32x16 {
   static Vec zero_where_not_positive(Vec z, Vec v) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, zero(), _CMP_NLE_UQ), v);
   }
+  // For the float32 exp and tanh of the templates (fast_exp, fast_tanh).
+  static Vec abs(Vec v) { return _mm512_abs_ps(v); }
+  static Vec min(Vec a, Vec b) { return _mm512_min_ps(a, b); }  // b when either is NaN
+  static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }  // b when either is NaN
+  static Vec round(Vec v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static Vec scale_by_power_of_2(Vec v, Vec n) { return _mm512_scalef_ps(v, n); }  // v * 2^n, n integral
+  static Vec select_less(Vec a, Vec b, Vec x, Vec y) {  // a < b ? x : y
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
+  }
+  static Vec copysign(Vec magnitude, Vec sign) {
+    const Vec sign_bit = _mm512_set1_ps(-0.0f);
+    return _mm512_or_ps(_mm512_andnot_ps(sign_bit, magnitude), _mm512_and_ps(sign_bit, sign));
+  }
 };
 
 struct Float64x8 {

@@ -43,8 +43,11 @@ namespace {
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Below this many multiply-adds per call the network runs on one thread (as the GEMM engine).
-constexpr int64_t kParallelMinMultiplyAdds = 48 * 48 * 48;
+// Below this many multiply-adds (of the forward) a call runs on one thread: waking the
+// other threads costs more than they save (measured with 2 threads: 3-64-64-64-3 gains
+// from batch 64 on, 548K multiply-adds, not at batch 32, 274K; 2-32-32-1 gains at batch 256,
+// 286K, loses at 64).
+constexpr int64_t kParallelMinMultiplyAdds = 280 * 1000;
 // Bytes of activations one tile may hold (its share of a 1 MiB L2).
 constexpr int64_t kTileBytes = 256 * 1024;
 
@@ -300,7 +303,7 @@ void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const 
   for (int64_t l = 0; l < L; ++l) widest = std::max({widest, s.out_padded[l], s.in_padded[l], round_up(s.out[l], mr)});
   const int64_t x_ld = std::max<int64_t>(s.in_padded[0], 1);
   const int64_t bytes_per_row = static_cast<int64_t>(sizeof(T)) * (layout.cols + x_ld + 2 * widest);
-  const int64_t threads = 2 * multiply_adds(s) >= kParallelMinMultiplyAdds ? at::get_num_threads() : 1;
+  const int64_t threads = multiply_adds(s) >= kParallelMinMultiplyAdds ? at::get_num_threads() : 1;
   const Tiling tiles = tiling_for(s.M, bytes_per_row, threads);
   const int64_t tiles_per_part = ceil_div(tiles.count, tiles.parts);
   std::vector<T> partials(static_cast<size_t>(tiles.parts * partial_size), T(0));
