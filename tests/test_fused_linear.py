@@ -248,3 +248,29 @@ def test_low_precision(device, dtype):
     assert y.dtype == dtype
     ulp = torch.finfo(dtype).eps
     assert ((y.double() - expected).abs() <= 2 * ulp * (expected.abs() + 1)).all()
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "silu", "gelu_tanh", "gelu"])
+def test_activation_accuracy_over_the_range(cpu_isa, act):
+    # The activation kernels alone (z = x * 1 exactly) against float64, densely over
+    # [-20, 20] and at the edges: within 2 float32 ulps of |act(z)|, plus, for the gelus,
+    # eps |z|: z/2 (1 + erf) and z/2 (1 + tanh) round 1 + (...) to eps, which their negative
+    # tail scales by |z| (torch's float32 gelu errs as much); and the same non-finite values
+    # as torch for infinities and NaN.
+    z = torch.cat([torch.linspace(-20, 20, 100001), torch.linspace(-100, 100, 2001),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-7, 0.39999, 0.4, 0.40001, 9.0, 9.02, 88.7, 88.8, -87.2,
+                                 -87.4])])
+    y = pylibnn.linear(z[:, None], torch.ones(1, 1), activation=act)[:, 0]
+    expected = TORCH_ACTIVATION[act](z.double())
+    eps = torch.finfo(torch.float32).eps
+    bound = 2 * eps * expected.abs() + (eps * z.double().abs() if act.startswith("gelu") else 0)
+    checked = expected.abs() > 1e-30
+    worst = ((y.double() - expected).abs() / bound)[checked].max().item()
+    assert worst <= 1.0, f"{act}: largest error / bound {worst:.2f}"
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    ours = pylibnn.linear(special[:, None], torch.ones(1, 1), activation=act)[:, 0]
+    expected = TORCH_ACTIVATION[act](special)
+    if act == "gelu":
+        # torch's float32 gelu gives NaN at +inf (its vectorized erf); gelu(+inf) is +inf.
+        expected[0] = float("inf")
+    torch.testing.assert_close(ours, expected, equal_nan=True)
