@@ -254,16 +254,17 @@ def test_low_precision(device, dtype):
 def test_activation_accuracy_over_the_range(cpu_isa, act):
     # The activation kernels alone (z = x * 1 exactly) against float64, densely over
     # [-20, 20] and at the edges: within 2 float32 ulps of |act(z)|, plus, for the gelus,
-    # eps |z|: z/2 (1 + erf) and z/2 (1 + tanh) round 1 + (...) to eps, which their negative
-    # tail scales by |z| (torch's float32 gelu errs as much); and the same non-finite values
-    # as torch for infinities and NaN.
+    # 1.5 eps |z|: z/2 (1 + erf) and z/2 (1 + tanh) round 1 + (...) to eps, which the
+    # negative tail scales by |z|, and the float32 erf (Abramowitz-Stegun, as torch's) adds
+    # up to 0.63 eps. (Ours reaches 0.80 of this bound; torch's own float32 F.gelu 1.6.)
+    # And the same non-finite values as torch for infinities and NaN.
     z = torch.cat([torch.linspace(-20, 20, 100001), torch.linspace(-100, 100, 2001),
                    torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-7, 0.39999, 0.4, 0.40001, 9.0, 9.02, 88.7, 88.8, -87.2,
                                  -87.4])])
     y = pylibnn.linear(z[:, None], torch.ones(1, 1), activation=act)[:, 0]
     expected = TORCH_ACTIVATION[act](z.double())
     eps = torch.finfo(torch.float32).eps
-    bound = 2 * eps * expected.abs() + (eps * z.double().abs() if act.startswith("gelu") else 0)
+    bound = 2 * eps * expected.abs() + (1.5 * eps * z.double().abs() if act.startswith("gelu") else 0)
     checked = expected.abs() > 1e-30
     worst = ((y.double() - expected).abs() / bound)[checked].max().item()
     assert worst <= 1.0, f"{act}: largest error / bound {worst:.2f}"
