@@ -31,6 +31,7 @@ test: build
 bench: build
 	$(VPY) -m pip install --quiet matplotlib
 	$(VPY) benchmarks/bench_linear.py
+	$(VPY) benchmarks/bench_mlp.py
 
 sanitize: $(VENV)/.deps-installed
 	PYTHON=$(VPY) bash scripts/sanitize.sh
