@@ -369,3 +369,41 @@ def test_autocast(device):
     torch.testing.assert_close(z, expected_z, rtol=2e-2, atol=2e-2)
     (y.float().sum() + z.float().sum()).backward()
     assert x.grad.dtype == torch.float32 and mlp[0].weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_partial_requires_grad(device):
+    # Frozen layers, an input that needs no gradient, and create_graph through a frozen
+    # network: gradients flow exactly where the Sequential's do.
+    torch.manual_seed(0)
+    mlp = pylibnn.MLP([5, 12, 3], activation="silu", device=device, dtype=torch.float64)
+    seq = mlp.to_sequential()
+    x = make_tensor((7, 5), torch.float64, device, 1)
+    for frozen in (["0.weight"], ["0.weight", "0.bias", "2.weight", "2.bias"], []):
+        for module in (mlp, seq):
+            for name, p in module.named_parameters():
+                p.requires_grad_(name not in frozen)
+        for x_grad in (False, True):
+            xs = [x.detach().clone().requires_grad_(x_grad) for _ in range(2)]
+            outs = [mlp(xs[0]), seq(xs[1])]
+            if not outs[1].requires_grad:
+                assert not outs[0].requires_grad
+                continue
+            for out in outs:
+                out.square().sum().backward()
+            if x_grad:
+                torch.testing.assert_close(xs[0].grad, xs[1].grad)
+            for (name, p), q in zip(mlp.named_parameters(), seq.parameters()):
+                assert (p.grad is None) == (name in frozen) == (q.grad is None), name
+                if p.grad is not None:
+                    torch.testing.assert_close(p.grad, q.grad)
+            mlp.zero_grad(set_to_none=True)
+            seq.zero_grad(set_to_none=True)
+    # A gradient penalty through frozen weights: d/dx of |d out/dx|^2.
+    x2 = x.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(mlp(x2).sum(), x2, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x2)
+    x3 = x.detach().clone().requires_grad_()
+    (h,) = torch.autograd.grad(seq(x3).sum(), x3, create_graph=True)
+    (hh,) = torch.autograd.grad(h.square().sum(), x3)
+    torch.testing.assert_close(gg, hh)
