@@ -4,6 +4,7 @@ same network as one fused MLP), give the gradients and
 parameters of a single-process full-batch step. Both wrappers run in one pair of
 processes: starting them costs more than the steps."""
 
+import gc
 import os
 import socket
 
@@ -58,27 +59,37 @@ def _worker(rank, port, out_dir):
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
-        x, y = _data()
-        shard = slice(rank * BATCH // WORLD_SIZE, (rank + 1) * BATCH // WORLD_SIZE)
-        results = {}
-        from torch.distributed.fsdp import fully_shard
-        for kind in ("linear", "mlp"):
-            ddp = nn.parallel.DistributedDataParallel(_model(kind))
-            grads = _step(ddp, list(ddp.parameters()), x[shard], y[shard])
-            results[f"ddp-{kind}"] = {"grads": grads, "params": [p.detach().clone() for p in ddp.module.parameters()]}
-
-            model = _model(kind)
-            if kind == "linear":
-                for layer in model:
-                    if isinstance(layer, pylibnn.Linear):
-                        fully_shard(layer)
-            fully_shard(model)  # the MLP is one unit: its one op reads every layer's parameters
-            grads = _step(model, list(model.parameters()), x[shard], y[shard])
-            results[f"fsdp-{kind}"] = {"grads": [g.full_tensor() for g in grads],
-                                       "params": [p.detach().full_tensor() for p in model.parameters()]}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(_steps(rank), os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # every collective of both ranks is done
     finally:
         dist.destroy_process_group()
+        # The models hold the process group: freeing them here, while the interpreter is
+        # alive, joins gloo's worker threads now. Left to interpreter shutdown, a worker
+        # thread can still be dropping FSDP's last all-gather (which owns Python tensors)
+        # and die taking the GIL: std::terminate, SIGABRT, a flaky test (1 run in 6 here).
+        gc.collect()
+
+
+def _steps(rank):
+    x, y = _data()
+    shard = slice(rank * BATCH // WORLD_SIZE, (rank + 1) * BATCH // WORLD_SIZE)
+    results = {}
+    from torch.distributed.fsdp import fully_shard
+    for kind in ("linear", "mlp"):
+        ddp = nn.parallel.DistributedDataParallel(_model(kind))
+        grads = _step(ddp, list(ddp.parameters()), x[shard], y[shard])
+        results[f"ddp-{kind}"] = {"grads": grads, "params": [p.detach().clone() for p in ddp.module.parameters()]}
+
+        model = _model(kind)
+        if kind == "linear":
+            for layer in model:
+                if isinstance(layer, pylibnn.Linear):
+                    fully_shard(layer)
+        fully_shard(model)  # the MLP is one unit: its one op reads every layer's parameters
+        grads = _step(model, list(model.parameters()), x[shard], y[shard])
+        results[f"fsdp-{kind}"] = {"grads": [g.full_tensor() for g in grads],
+                                   "params": [p.detach().full_tensor() for p in model.parameters()]}
+    return results
 
 
 @pytest.fixture(scope="module")
