@@ -16,11 +16,12 @@
 //   forward   C = z_l tile          A = a_{l-1} tile        B = W_l^T, padded to whole vectors
 //   dW        C = dW_l partial      A = dz_l^T (transposed) B = a_{l-1} tile
 //   da        C = da_{l-1} tile     A = dz_l                B = W_l, padded
-// The bias is the initial value of each forward tile; act is applied to the tile right
-// after (the epilogue), writing z_l and a_l into hidden's bands. The weights are re-laid once
-// per call (a few KiB for such networks). Weight and bias gradients are summed per part
-// (a fixed range of tiles) and the parts are added in order, so the result does not depend
-// on which thread ran which part.
+// The forward kernel's epilogue adds the bias and stores z_l and act(z_l) into hidden's
+// bands from the same registers. The weights are re-laid once per call (a few KiB for such
+// networks). Weight and bias gradients are summed per part (a fixed range of tiles) and the
+// parts are added in order, so the result does not depend on which thread ran which part
+// (the parts themselves follow the thread count). Networks of at most 4096 multiply-adds
+// take the portable kernels (see kPortableMaxMultiplyAdds).
 #include <algorithm>
 #include <cstring>
 #include <vector>
