@@ -5,14 +5,12 @@
 // 12 accumulators + 2 B vectors + 1 broadcast fill 15 of the 16 ymm registers. Partial
 // vectors in the dot kernel use maskload, so no load leaves the operand.
 //   panel (fused MLP): 4 x up to 3 vectors = 12 ymm accumulators
-//   activations: SLEEF exp / tanh / erf on ymm vectors
+//   activations: the templates' float32 exp / tanh / erf, SLEEF's float64 ones, on ymm vectors
 #include <immintrin.h>
 
-// SLEEF's vector math, as exported by libtorch_cpu (torch's own AVX2 activations call these).
+// SLEEF's float64 vector math, as exported by libtorch_cpu (torch's own AVX2 activations call
+// these). float32 uses the templates' own exp, tanh and erf.
 extern "C" {
-__m256 Sleef_expf8_u10avx2(__m256);
-__m256 Sleef_tanhf8_u10avx2(__m256);
-__m256 Sleef_erff8_u10avx2(__m256);
 __m256d Sleef_expd4_u10avx2(__m256d);
 __m256d Sleef_tanhd4_u10avx2(__m256d);
 __m256d Sleef_erfd4_u10avx2(__m256d);
@@ -48,9 +46,6 @@ struct Float32x8 {
   static Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
   static Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
   static Vec div(Vec a, Vec b) { return _mm256_div_ps(a, b); }
-  static Vec exp(Vec v) { return Sleef_expf8_u10avx2(v); }
-  static Vec tanh(Vec v) { return Sleef_tanhf8_u10avx2(v); }
-  static Vec erf(Vec v) { return Sleef_erff8_u10avx2(v); }
   // (z <= 0) ? 0 : v; a NaN z keeps v (relu passes NaN on, as torch's does)
   static Vec zero_where_not_positive(Vec z, Vec v) { return _mm256_and_ps(_mm256_cmp_ps(z, zero(), _CMP_NLE_UQ), v); }
   // For the float32 exp and tanh of the templates (fast_exp, fast_tanh).

@@ -9,12 +9,9 @@
 // kernel use mask registers, so no load leaves the operand.
 #include <immintrin.h>
 
-// SLEEF's vector math, as exported by libtorch_cpu (torch's own vectorized tanh, exp and
-// erf call these); 1-ULP variants.
+// SLEEF's float64 vector math, as exported by libtorch_cpu (torch's own vectorized tanh, exp
+// and erf call these); 1-ULP variants. float32 uses the templates' own exp, tanh and erf.
 extern "C" {
-__m512 Sleef_expf16_u10avx512f(__m512);
-__m512 Sleef_tanhf16_u10avx512f(__m512);
-__m512 Sleef_erff16_u10avx512f(__m512);
 __m512d Sleef_expd8_u10avx512f(__m512d);
 __m512d Sleef_tanhd8_u10avx512f(__m512d);
 __m512d Sleef_erfd8_u10avx512f(__m512d);
@@ -42,9 +39,6 @@ struct Float32x16 {
   static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
   static Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
-  static Vec exp(Vec v) { return Sleef_expf16_u10avx512f(v); }
-  static Vec tanh(Vec v) { return Sleef_tanhf16_u10avx512f(v); }
-  static Vec erf(Vec v) { return Sleef_erff16_u10avx512f(v); }
   // (z <= 0) ? 0 : v; a NaN z keeps v (relu passes NaN on, as torch's does)
   static Vec zero_where_not_positive(Vec z, Vec v) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, zero(), _CMP_NLE_UQ), v);

@@ -1,6 +1,7 @@
 // Micro-kernel templates shared by the SIMD translation units (avx512, avx2). Each of them
 // defines vector traits V (Scalar, Vec, lanes, zero, load, load_first, broadcast, fmadd,
-// add, store, sum) and includes this file; everything here sits in an anonymous namespace,
+// add, store, sum, and the arithmetic the activations use; float64 traits also exp, tanh and
+// erf) and includes this file; everything here sits in an anonymous namespace,
 // so each translation unit compiles its own copy with its own -m flags and nothing
 // crosses between them at link time. See gemm_microkernels.h for what each kernel computes.
 #pragma once
@@ -225,8 +226,8 @@ typename V::Vec vector_erf(typename V::Vec x) {
   else return V::erf(x);
 }
 
-// act(z) for one vector; the formulas of activation.h with the vector math of V (SLEEF's
-// exp, tanh and erf, as torch's own vectorized activations use).
+// act(z) for one vector; the formulas of activation.h with vector_exp / vector_tanh /
+// vector_erf above.
 template <typename V>
 typename V::Vec activate_vector(Activation act, typename V::Vec z) {
   using Scalar = typename V::Scalar;
