@@ -8,21 +8,13 @@ import torch
 
 import pylibnn
 from conftest import make_tensor, requires_cuda
-from test_autograd import ENTRY_POINTS, REQUIRES_GRAD
+from test_autograd import ENTRY_POINTS, REQUIRES_GRAD, _operands
 
 # nn.Linear(0, N) warns that initializing its empty weight does nothing; the K=0 case builds one.
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")
 
 SHAPES = [pytest.param((4,), 3, id="1d"), pytest.param((3, 4), 5, id="2d"), pytest.param((2, 3, 4), 5, id="3d"),
           pytest.param((0, 4), 5, id="M=0"), pytest.param((3, 0), 5, id="K=0")]
-
-
-def _operands(device, input_shape, N, requires_grad):
-    K = input_shape[-1]
-    x = make_tensor(input_shape, torch.float64, device, 1, requires_grad[0])
-    w = make_tensor((N, K), torch.float64, device, 2, requires_grad[1])
-    b = None if requires_grad[2] is None else make_tensor((N,), torch.float64, device, 3, requires_grad[2])
-    return x, w, b
 
 
 def _test_gradgradcheck(device, entry, input_shape, N, requires_grad):

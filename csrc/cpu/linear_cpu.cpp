@@ -89,9 +89,7 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& inpu
   check_linear_act_forward_args(input, weight, bias);
   const Activation act = activation_from_name("pylibnn.linear_act_forward", activation);
   if (is_reduced_precision(input.scalar_type())) {
-    auto [output, preactivation] =
-        linear_act_forward_cpu(widen(input), widen(weight), widen(bias), activation, save_preactivation);
-    return {output.to(input.scalar_type()), preactivation.to(input.scalar_type())};
+    return act_forward_in_float32(linear_act_forward_cpu, input, weight, bias, activation, save_preactivation);
   }
   const int64_t M = input.size(0), N = weight.size(0);
   at::Tensor output = at::empty({M, N}, input.options());
@@ -142,11 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(const at:
   check_linear_act_backward_args(grad_output, input, weight, preactivation);
   const Activation act = activation_from_name("pylibnn.linear_act_backward", activation);
   if (is_reduced_precision(grad_output.scalar_type())) {
-    const at::ScalarType dtype = grad_output.scalar_type();
-    auto [grad_input, grad_weight, grad_bias] =
-        linear_act_backward_cpu(widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]),
-                                widen(preactivation), activation, output_mask);
-    return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+    return act_backward_in_float32(linear_act_backward_cpu, grad_output, input, weight, preactivation, activation,
+                                   output_mask);
   }
   const at::Tensor grad_z = act == Activation::None ? grad_output : activation_gradient(act, grad_output, preactivation);
   return backward_products(grad_z, input, weight, output_mask);

@@ -112,14 +112,6 @@ Tiling tiling_for(int64_t M, int64_t bytes_per_row, int64_t threads) {
   return {rows, count, std::max<int64_t>(1, std::min(threads, count))};
 }
 
-// Runs body(begin, end) over [0, parts): on this thread when there is one part
-// (at::parallel_for would still open a parallel region for a range of one).
-template <typename Body>
-void for_parts(int64_t parts, const Body& body) {
-  if (parts == 1) return body(0, 1);
-  at::parallel_for(0, parts, 1, body);
-}
-
 // Networks this small (the tutorial's: 4 rows of 1 -> 3 -> 3 -> 2) take the portable panel
 // kernels: their separate multiply and add round like torch's own small matmuls, so the
 // tutorial's training run matches the reference's losses to the last bits rather than to
@@ -230,7 +222,7 @@ void mlp_forward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const a
   const int64_t tiles_per_part = ceil_div(tiles.count, tiles.parts);
   const int64_t N_last = s.out[L - 1];
 
-  for_parts(tiles.parts, [&](int64_t part_begin, int64_t part_end) {
+  at::parallel_for(0, tiles.parts, 1, [&](int64_t part_begin, int64_t part_end) {
     // Per task: the input tile, the last layer's tile, and (when hidden is not kept) the
     // hidden bands of one tile.
     std::vector<T> x_tile(tiles.rows * x_ld), out_tile(tiles.rows * out_ld);
@@ -311,7 +303,7 @@ void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const 
   const T* dy = grad_output.const_data_ptr<T>();
   const int64_t dy_rs = grad_output.stride(0), dy_cs = grad_output.stride(1);
 
-  for_parts(tiles.parts, [&](int64_t part_begin, int64_t part_end) {
+  at::parallel_for(0, tiles.parts, 1, [&](int64_t part_begin, int64_t part_end) {
     std::vector<T> x_tile(tiles.rows * x_ld), dz(tiles.rows * widest, T(0)), da(tiles.rows * widest, T(0));
     for (int64_t part = part_begin; part < part_end; ++part) {
       T* partial = partials.data() + part * partial_size;
@@ -385,22 +377,13 @@ void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const 
   }
 }
 
-std::vector<at::Tensor> widen_all(at::TensorList tensors) {
-  std::vector<at::Tensor> wide;
-  for (const at::Tensor& t : tensors) wide.push_back(widen(t));
-  return wide;
-}
-
 std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::TensorList weights,
                                                    const c10::List<std::optional<at::Tensor>>& biases,
                                                    c10::string_view activation, bool save_hidden) {
   const std::vector<int64_t> widths = check_mlp_forward_args(input, weights, biases);
   const Activation act = activation_from_name("pylibnn.mlp_forward", activation);
   if (is_reduced_precision(input.scalar_type())) {
-    c10::List<std::optional<at::Tensor>> wide_biases;
-    for (size_t l = 0; l < biases.size(); ++l) wide_biases.push_back(widen(biases.get(l)));
-    auto [output, hidden] = mlp_forward_cpu(widen(input), widen_all(weights), wide_biases, activation, save_hidden);
-    return {output.to(input.scalar_type()), hidden.to(input.scalar_type())};
+    return mlp_forward_in_float32(mlp_forward_cpu, input, weights, biases, activation, save_hidden);
   }
   const int64_t M = input.size(0);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
@@ -432,12 +415,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
   const Activation act = activation_from_name("pylibnn.mlp_backward", activation);
   const std::vector<int64_t> widths = check_mlp_backward_args(grad_output, input, weights, hidden, act, has_bias);
   if (is_reduced_precision(input.scalar_type())) {
-    const at::ScalarType dtype = input.scalar_type();
-    auto [grad_input, grad_weights, grad_biases] = mlp_backward_cpu(
-        widen(grad_output), widen(input), widen_all(weights), widen(hidden), activation, has_bias, input_grad);
-    for (at::Tensor& g : grad_weights) g = g.to(dtype);
-    for (at::Tensor& g : grad_biases) g = g.to(dtype);
-    return {grad_input.to(dtype), grad_weights, grad_biases};
+    return mlp_backward_in_float32(mlp_backward_cpu, grad_output, input, weights, hidden, activation, has_bias,
+                                   input_grad);
   }
   const int64_t M = input.size(0);
   const auto options = input.options();
@@ -448,7 +427,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
     grad_biases.push_back(at::empty(has_bias.get(l) ? at::IntArrayRef{widths[l]} : at::IntArrayRef{0}, options));
   }
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
-  const at::Tensor hidden_contiguous = hidden.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_backward_cpu", [&] {
     const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
     const MlpShape shape = mlp_shape(M, input.size(1), widths, panel.lanes);
@@ -458,7 +436,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
       gb.push_back(has_bias.get(l) ? grad_biases[l].mutable_data_ptr<scalar_t>() : nullptr);
     }
     mlp_backward_kernel<scalar_t>(shape, panel, grad_output, input, weights, act, layout,
-                                  hidden_contiguous.const_data_ptr<scalar_t>(),
+                                  hidden.const_data_ptr<scalar_t>(),
                                   input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr, gw, gb);
   });
   return {grad_input, grad_weights, grad_biases};

@@ -229,10 +229,7 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cuda(const at::Tensor& inp
   const Activation activation = activation_from_name("pylibnn.linear_act_forward", activation_name);
   const at::ScalarType dtype = input.scalar_type();
   if (is_reduced_precision(dtype)) {
-    // float32 kernels, each result rounded once (reduced_precision.h).
-    auto [output, preactivation] =
-        linear_act_forward_cuda(widen(input), widen(weight), widen(bias), activation_name, save_preactivation);
-    return {output.to(dtype), preactivation.to(dtype)};
+    return act_forward_in_float32(linear_act_forward_cuda, input, weight, bias, activation_name, save_preactivation);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -257,11 +254,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
   const Activation activation = activation_from_name("pylibnn.linear_act_backward", activation_name);
   const at::ScalarType dtype = grad_output.scalar_type();
   if (is_reduced_precision(dtype)) {
-    // As backward_in_float32: widen what the requested gradients read (preactivation always).
-    auto [grad_input, grad_weight, grad_bias] =
-        linear_act_backward_cuda(widen(grad_output), widen(input, output_mask[1]), widen(weight, output_mask[0]),
-                                 widen(preactivation), activation_name, output_mask);
-    return {grad_input.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+    return act_backward_in_float32(linear_act_backward_cuda, grad_output, input, weight, preactivation,
+                                   activation_name, output_mask);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -172,15 +172,7 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cuda(const at::Tensor& input, at:
   const Activation activation = activation_from_name(kForwardOp, activation_name);
   const at::ScalarType dtype = input.scalar_type();
   if (is_reduced_precision(dtype)) {
-    // float32 kernels, each result rounded once (reduced_precision.h).
-    std::vector<at::Tensor> wide_weights;
-    c10::List<std::optional<at::Tensor>> wide_biases;
-    for (size_t l = 0; l < weights.size(); ++l) {
-      wide_weights.push_back(widen(weights[l]));
-      wide_biases.push_back(widen(bias_at(biases, l)));
-    }
-    auto [output, hidden] = mlp_forward_cuda(widen(input), wide_weights, wide_biases, activation_name, save_hidden);
-    return {output.to(dtype), hidden.to(dtype)};
+    return mlp_forward_in_float32(mlp_forward_cuda, input, weights, biases, activation_name, save_hidden);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -323,13 +315,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
       check_mlp_backward_args(grad_output, input, weights, hidden, activation, has_bias_list);
   const at::ScalarType dtype = input.scalar_type();
   if (is_reduced_precision(dtype)) {
-    std::vector<at::Tensor> wide_weights;
-    for (const at::Tensor& w : weights) wide_weights.push_back(widen(w));
-    auto [grad_input, grad_weights, grad_biases] = mlp_backward_cuda(
-        widen(grad_output), widen(input), wide_weights, widen(hidden), activation_name, has_bias_list, input_grad);
-    for (at::Tensor& g : grad_weights) g = g.to(dtype);
-    for (at::Tensor& g : grad_biases) g = g.to(dtype);
-    return {grad_input.to(dtype), std::move(grad_weights), std::move(grad_biases)};
+    return mlp_backward_in_float32(mlp_backward_cuda, grad_output, input, weights, hidden, activation_name,
+                                   has_bias_list, input_grad);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
