@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cuda_emulation
 import pylibnn
 from pylibnn import ops
 
@@ -23,10 +24,21 @@ CUDA_SKIP_REASON = (
     f"(torch.cuda.is_available()={torch.cuda.is_available()}, build_info()['cuda']={BUILD_INFO['cuda']})"
 )
 
-# The mark for every test_*_cuda twin (the extension-cpp pattern), and the device list for
-# tests that take the device as a parameter.
+# The mark for tests that need a real GPU, and the device lists for tests that take the
+# device as a parameter. The CUDA backend runs twice over: on a visible GPU ("cuda"), and
+# always on the CPU through the emulator of the CUDA execution model ("emulated_cuda": CPU
+# tensors, each pylibnn op routed to the same CUDA source compiled for the emulator, at two
+# fiber orders; see tests/cuda_emulation.py). Emulated tests carry the emulated_cuda mark:
+# `pytest -m "emulated_cuda and not slow"` runs only them. Tolerances are the same rule as
+# for the CPU and the GPU (assert_close_to_reference): it holds for any summation order
+# and with or without FMA contraction, so it covers nvcc's contraction and the host's math.
 requires_cuda = pytest.mark.skipif(not CUDA_USABLE, reason=CUDA_SKIP_REASON)
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=requires_cuda)]
+EMULATED_CUDA = pytest.param("cpu", id="emulated_cuda", marks=pytest.mark.emulated_cuda)
+CUDA_BACKENDS = [pytest.param("cuda", id="cuda", marks=requires_cuda), EMULATED_CUDA]
+DEVICES = [pytest.param("cpu", id="cpu"), *CUDA_BACKENDS]
+# torch.compile and torch.export trace the fake kernels rather than a backend, and dynamo does
+# not trace under the emulator's dispatch mode: their tests run on the real devices only.
+TRACEABLE_DEVICES = [p for p in DEVICES if p is not EMULATED_CUDA]
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
 # ---------------------------------------------------------------------------------------
@@ -124,3 +136,18 @@ def cpu_isa(request):
     ops.set_cpu_isa(request.param)
     assert ops.get_cpu_isa() == request.param
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda_backend(request):
+    """Runs an emulated_cuda test inside the dispatch mode that routes pylibnn's ops to the
+    emulated CUDA backend (built on first use; skipped, saying why, if it cannot be built)."""
+    if request.node.get_closest_marker("emulated_cuda") is None:
+        yield
+        return
+    try:
+        mode = cuda_emulation.EmulatedCuda()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    with mode:
+        yield

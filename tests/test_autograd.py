@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pylibnn
-from conftest import make_tensor, requires_cuda
+from conftest import CUDA_BACKENDS, make_tensor
 
 # (input shape, N). The last one has 3 * 40 * 50 = 6000 multiply-adds: the packed engine.
 GRADCHECK_CASES = [
@@ -61,12 +61,12 @@ def test_gradcheck_cpu(entry, input_shape, N, requires_grad):
     _test_gradcheck("cpu", entry, input_shape, N, requires_grad)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("requires_grad", REQUIRES_GRAD)
 @pytest.mark.parametrize("input_shape,N", GRADCHECK_CASES)
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_gradcheck_cuda(entry, input_shape, N, requires_grad):
-    _test_gradcheck("cuda", entry, input_shape, N, requires_grad)
+def test_gradcheck_cuda(device, entry, input_shape, N, requires_grad):
+    _test_gradcheck(device, entry, input_shape, N, requires_grad)
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,13 +125,13 @@ def test_saves_only_what_is_needed_cpu(requires_grad, entry):
     _test_saves_only_what_is_needed("cpu", requires_grad, entry)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("requires_grad", SAVE_CASES,
                          ids=["-".join(n for n, r in zip(("input", "weight", "bias"), rg) if r) or "none"
                               for rg in SAVE_CASES])
 @pytest.mark.parametrize("entry", list(SAVE_ENTRY_POINTS))
-def test_saves_only_what_is_needed_cuda(requires_grad, entry):
-    _test_saves_only_what_is_needed("cuda", requires_grad, entry)
+def test_saves_only_what_is_needed_cuda(device, requires_grad, entry):
+    _test_saves_only_what_is_needed(device, requires_grad, entry)
 
 
 def test_saved_tensors_on_grad_fn():

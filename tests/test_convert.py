@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pylibnn
-from conftest import make_tensor, requires_cuda
+from conftest import CUDA_BACKENDS, make_tensor
 
 
 def _linears(model):
@@ -197,10 +197,10 @@ def test_converted_model_matches_cpu(name):
     _test_converted_model_matches("cpu", name)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_converted_model_matches_cuda(name):
-    _test_converted_model_matches("cuda", name)
+def test_converted_model_matches_cuda(device, name):
+    _test_converted_model_matches(device, name)
 
 
 def test_convert_keeps_tied_weights():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pylibnn
-from conftest import make_tensor, requires_cuda
+from conftest import CUDA_BACKENDS, make_tensor
 
 # Tiny (reference loop), thin (dot kernels), and packed multi-threaded shapes: (M, K, N).
 SHAPES = [pytest.param((3, 4, 5), id="tiny"), pytest.param((64, 300, 40), id="thin"),
@@ -45,10 +45,10 @@ def test_repeatable_cpu(deterministic, shape):
     _test_repeatable("cpu", shape)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_repeatable_cuda(deterministic, shape):
-    _test_repeatable("cuda", shape)
+def test_repeatable_cuda(device, deterministic, shape):
+    _test_repeatable(device, shape)
 
 
 def test_ops_run_in_deterministic_mode(deterministic):

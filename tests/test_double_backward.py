@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pylibnn
-from conftest import make_tensor, requires_cuda
+from conftest import CUDA_BACKENDS, make_tensor
 from test_autograd import ENTRY_POINTS, REQUIRES_GRAD, _operands
 
 # nn.Linear(0, N) warns that initializing its empty weight does nothing; the K=0 case builds one.
@@ -29,12 +29,12 @@ def test_gradgradcheck_cpu(entry, input_shape, N, requires_grad):
     _test_gradgradcheck("cpu", entry, input_shape, N, requires_grad)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("requires_grad", REQUIRES_GRAD)
 @pytest.mark.parametrize("input_shape,N", SHAPES)
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_gradgradcheck_cuda(entry, input_shape, N, requires_grad):
-    _test_gradgradcheck("cuda", entry, input_shape, N, requires_grad)
+def test_gradgradcheck_cuda(device, entry, input_shape, N, requires_grad):
+    _test_gradgradcheck(device, entry, input_shape, N, requires_grad)
 
 
 def _test_gradgradcheck_backward_op(device, mask):
@@ -59,10 +59,10 @@ def test_gradgradcheck_backward_op_cpu(mask):
     _test_gradgradcheck_backward_op("cpu", mask)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("mask", MASKS, ids=lambda m: "".join("1" if v else "0" for v in m))
-def test_gradgradcheck_backward_op_cuda(mask):
-    _test_gradgradcheck_backward_op("cuda", mask)
+def test_gradgradcheck_backward_op_cuda(device, mask):
+    _test_gradgradcheck_backward_op(device, mask)
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))

@@ -20,7 +20,7 @@ from torch import nn
 from torch.library import opcheck
 
 import pylibnn
-from conftest import DEVICES, DTYPES, EPS, ERROR_FACTOR, make_tensor, requires_cuda, seed_for
+from conftest import DEVICES, DTYPES, EPS, ERROR_FACTOR, TRACEABLE_DEVICES, make_tensor, seed_for
 
 ACTIVATIONS = ["relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
 TORCH_ACTIVATION = {
@@ -184,7 +184,7 @@ def test_opcheck(device):
     opcheck(pylibnn.ops.linear_act_backward.default, (gy, x.detach(), w.detach(), z, "sigmoid", [True, False, True]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TRACEABLE_DEVICES)
 def test_compile_fullgraph(device):
     torch._dynamo.reset()
     layer = pylibnn.Linear(6, 5, activation="gelu_tanh", device=device)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import pylibnn
-from conftest import DTYPES, assert_close_to_reference, make_tensor, reference_linear, requires_cuda, seed_for
+from conftest import CUDA_BACKENDS, DTYPES, assert_close_to_reference, make_tensor, reference_linear, seed_for
 
 
 def _run_linear(input, weight, bias, grad_output):
@@ -62,12 +62,12 @@ def test_shape_matrix_cpu(M, K, N, dtype, bias):
     _test_linear_case("cpu", (M, K), N, dtype, bias)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("bias", BIAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,K,N", SHAPE_MATRIX, ids=SHAPE_IDS)
-def test_shape_matrix_cuda(M, K, N, dtype, bias):
-    _test_linear_case("cuda", (M, K), N, dtype, bias)
+def test_shape_matrix_cuda(device, M, K, N, dtype, bias):
+    _test_linear_case(device, (M, K), N, dtype, bias)
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,11 +89,11 @@ def test_input_ranks_cpu(input_shape, N, dtype):
     _test_linear_case("cpu", input_shape, N, dtype, bias=True)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("input_shape,N", RANK_CASES, ids=[f"{len(s)}d-{'x'.join(map(str, s))}-N{n}" for s, n in RANK_CASES])
-def test_input_ranks_cuda(input_shape, N, dtype):
-    _test_linear_case("cuda", input_shape, N, dtype, bias=True)
+def test_input_ranks_cuda(device, input_shape, N, dtype):
+    _test_linear_case(device, input_shape, N, dtype, bias=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,12 +165,12 @@ def test_noncontiguous_cpu(operand, kind, dtype, shape):
     _test_noncontiguous("cpu", dtype, shape, operand, kind)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("shape", LAYOUT_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("operand,kind", LAYOUT_CASES, ids=[f"{o}-{k}" for o, k in LAYOUT_CASES])
-def test_noncontiguous_cuda(operand, kind, dtype, shape):
-    _test_noncontiguous("cuda", dtype, shape, operand, kind)
+def test_noncontiguous_cuda(device, operand, kind, dtype, shape):
+    _test_noncontiguous(device, dtype, shape, operand, kind)
 
 
 def _test_noncontiguous_3d_input(device, dtype):
@@ -187,10 +187,10 @@ def test_noncontiguous_3d_input_cpu(dtype):
     _test_noncontiguous_3d_input("cpu", dtype)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_noncontiguous_3d_input_cuda(dtype):
-    _test_noncontiguous_3d_input("cuda", dtype)
+def test_noncontiguous_3d_input_cuda(device, dtype):
+    _test_noncontiguous_3d_input(device, dtype)
 
 
 # ---------------------------------------------------------------------------------------

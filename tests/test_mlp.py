@@ -19,7 +19,7 @@ from torch.library import opcheck
 
 import pylibnn
 from pylibnn import reference
-from conftest import DEVICES, DTYPES, EPS, ERROR_FACTOR, TUTORIAL_RTOL, make_tensor, requires_cuda, seed_for
+from conftest import DEVICES, DTYPES, EPS, ERROR_FACTOR, TRACEABLE_DEVICES, TUTORIAL_RTOL, make_tensor, seed_for
 from test_fused_linear import CURVATURE, LIPSCHITZ
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")
@@ -285,7 +285,7 @@ def test_validation(device):
         backward(gy, x, w, hidden, "relu", [False], True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TRACEABLE_DEVICES)
 def test_compile_and_export(device):
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import pylibnn
-from conftest import DEVICES, DTYPES, make_tensor
+from conftest import CUDA_BACKENDS, DTYPES, make_tensor
 
 # Direct loop (<= 4096 multiply-adds), dot path (few rows, contiguous K >= 64), packed path.
 SHAPES = [pytest.param((3, 5, 4), id="direct"), pytest.param((5, 100, 30), id="dot"),
@@ -68,7 +68,7 @@ def test_nonfinite_cpu(cpu_isa, dtype, shape, bias):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("device", [d for d in DEVICES if d.id == "cuda"])
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 def test_nonfinite_cuda(device, dtype, shape):
     _test_nonfinite(device, dtype, shape, True)
 

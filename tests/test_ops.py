@@ -8,8 +8,8 @@ import torch
 
 import pylibnn
 from pylibnn import ops
-from conftest import (BUILD_INFO, DEVICES, DTYPES, assert_close_to_reference, make_tensor, reference_linear,
-                      requires_cuda)
+from conftest import (BUILD_INFO, CUDA_BACKENDS, DEVICES, DTYPES, assert_close_to_reference, make_tensor,
+                      reference_linear)
 
 
 def test_aliases_are_the_registered_ops():
@@ -46,12 +46,12 @@ def test_backward_output_mask_cpu(dtype, shape, mask):
     _test_backward_output_mask("cpu", dtype, shape, mask)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("mask", MASKS, ids=MASK_IDS)
 @pytest.mark.parametrize("shape", MASK_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_backward_output_mask_cuda(dtype, shape, mask):
-    _test_backward_output_mask("cuda", dtype, shape, mask)
+def test_backward_output_mask_cuda(device, dtype, shape, mask):
+    _test_backward_output_mask(device, dtype, shape, mask)
 
 
 def sample_inputs(device, requires_grad=False):
@@ -83,10 +83,10 @@ def test_opcheck_cpu(requires_grad):
     _test_opcheck("cpu", requires_grad)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("requires_grad", OPCHECK_GRAD)
-def test_opcheck_cuda(requires_grad):
-    _test_opcheck("cuda", requires_grad)
+def test_opcheck_cuda(device, requires_grad):
+    _test_opcheck(device, requires_grad)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 import pylibnn
 from pylibnn import reference
-from conftest import DEVICES, TUTORIAL_RTOL, requires_cuda
+from conftest import CUDA_BACKENDS, DEVICES, TUTORIAL_RTOL
 
 SEEDS = [0, 1, 2, 3, 4]
 
@@ -35,11 +35,11 @@ def test_losses_match_reference_cpu(seed, dtype):
     _test_losses_match_reference("cpu", seed, dtype)
 
 
-@requires_cuda
+@pytest.mark.parametrize("device", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")])
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"seed{s}" for s in SEEDS])
-def test_losses_match_reference_cuda(seed, dtype):
-    _test_losses_match_reference("cuda", seed, dtype)
+def test_losses_match_reference_cuda(device, seed, dtype):
+    _test_losses_match_reference(device, seed, dtype)
 
 
 def test_copy_weights_gives_identical_forward():

@@ -37,6 +37,7 @@
 #include <cstdint>
 
 #include "activation.h"
+#include "cuda/device.h"
 
 namespace pylibnn::cuda {
 
@@ -110,8 +111,8 @@ __global__ void __launch_bounds__(Tile::THREADS) gemm_tiled_kernel(const GemmPar
 
   // Slabs stored k-major (As[k][i], Bs[k][j]) so that the inner product loop reads a row
   // of each: one A value per micro-tile row, one B value per micro-tile column.
-  __shared__ T As[BK][BM + Tile::PAD];
-  __shared__ T Bs[BK][BN + Tile::PAD];
+  PYLIBNN_SHARED(T, As, [BK][BM + Tile::PAD]);
+  PYLIBNN_SHARED(T, Bs, [BK][BN + Tile::PAD]);
 
   const int tid = threadIdx.x;
   const int tx = tid % (BN / TN);  // micro-tile column group
@@ -244,7 +245,7 @@ __global__ void __launch_bounds__(COLUMN_SUMS_COLS * COLUMN_SUMS_ROW_GROUPS)
   static_assert((COLUMN_SUMS_ROW_GROUPS & (COLUMN_SUMS_ROW_GROUPS - 1)) == 0,
                 "the halving tree needs a power of two");
   // +1 column: the tree reads partial[ty][tx] and partial[ty + s][tx] across the warp.
-  __shared__ T partial[COLUMN_SUMS_ROW_GROUPS][COLUMN_SUMS_COLS + 1];
+  PYLIBNN_SHARED(T, partial, [COLUMN_SUMS_ROW_GROUPS][COLUMN_SUMS_COLS + 1]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * COLUMN_SUMS_COLS + tx;
   const int64_t chunk = blockIdx.y;

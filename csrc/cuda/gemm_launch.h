@@ -1,17 +1,20 @@
-// Host-side launchers of the kernels in gemm_kernels.cuh, shared by the CUDA ops of
-// linear_cuda.cu (which defines them and instantiates them for float and double, so the
-// GEMM kernel is compiled once) and mlp_cuda.cu (whose per-layer path reuses them).
+// Host-side launchers of the kernels in gemm_kernels.cuh: the launch planning (tiles, grid,
+// chunks of the column sums and their scratch) over raw pointers and strides, shared by
+// the CUDA ops (linear_cuda.cu, mlp_cuda.cu), the emulated CUDA build and the kernel tests.
+// Declared here, defined in gemm_launch.cuh; linear_cuda.cu instantiates them for float and
+// double, so the GEMM kernel is compiled once, and mlp_cuda.cu reuses them.
 // No argument checks here: the ops check, allocate and pick the stream; these launch
 // (nothing when the result is empty) and check the launch.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
-
-#include <ATen/core/Tensor.h>
-#include <cuda_runtime_api.h>
+#include <sstream>
+#include <stdexcept>
 
 #include "activation.h"
+#include "cuda/launch.h"
 
 namespace pylibnn::cuda {
 
@@ -20,6 +23,14 @@ constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A shape the launch planning cannot map onto CUDA's grid (a RuntimeError in Python).
+template <typename... Parts>
+[[noreturn]] void fail_launch_plan(const Parts&... parts) {
+  std::ostringstream message;
+  (message << ... << parts);
+  throw std::runtime_error(message.str());
+}
 
 // Element (i, j) is data[i * row_stride + j * col_stride] (like the CPU's MatrixView).
 template <typename T>
@@ -33,10 +44,19 @@ struct View {
   View transposed() const { return {data, cols, rows, col_stride, row_stride}; }
 };
 
-template <typename T>
-View<T> view_of(const at::Tensor& t) {
-  return {t.const_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
-}
+// Device memory for a launcher's temporaries, valid until the scratch is destroyed (the ops
+// back it with tensors of the op's device: the caching allocator reuses memory in stream
+// order, so it may be released as soon as the launches are enqueued).
+class Scratch {
+ public:
+  virtual ~Scratch() = default;
+  virtual void* allocate(size_t bytes) = 0;
+
+  template <typename T>
+  T* allocate_array(int64_t count) {
+    return static_cast<T*>(allocate(static_cast<size_t>(count) * sizeof(T)));
+  }
+};
 
 // What the GEMM stores besides (or instead of) V = A @ B + bias; see GemmParams in
 // gemm_kernels.cuh. The default is the plain GEMM.
@@ -68,21 +88,21 @@ struct GemmEpilogue {
 
 // C (a.rows, b.cols), row-major with leading dimension ldc, = epilogue(a @ b [+ bias]);
 // a_row_sums (a.rows) = a @ 1 when non-null (only meaningful for a plain epilogue, which
-// is how it is used: db alongside dW).
+// is how it is used: db alongside dW), written even when C has no columns.
 template <typename T>
 void gemm(const View<T>& a, const View<T>& b, T* c, int64_t ldc, const T* bias, int64_t bias_stride,
           T* a_row_sums, cudaStream_t stream, const GemmEpilogue<T>& epilogue = GemmEpilogue<T>());
 
 // out (m.cols) = column sums of m, deterministic (fixed chunks, fixed trees).
 template <typename T>
-void column_sums(View<T> m, T* out, const at::TensorOptions& options, cudaStream_t stream);
+void column_sums(View<T> m, T* out, Scratch& scratch, cudaStream_t stream);
 
 // The parameter gradients of a layer from the gradient dz (M, N) of its pre-activation and
 // its input x (M, K): grad_weight (N, K, contiguous) = dz^T @ x when non-null, grad_bias (N) =
 // dz^T @ 1 when non-null (summed by the dW GEMM when that runs, else by column_sums).
 template <typename T>
-void weight_and_bias_gradients(const View<T>& dz, const View<T>& x, T* grad_weight, T* grad_bias,
-                               const at::TensorOptions& options, cudaStream_t stream);
+void weight_and_bias_gradients(const View<T>& dz, const View<T>& x, T* grad_weight, T* grad_bias, Scratch& scratch,
+                               cudaStream_t stream);
 
 // grad_z (grad_y.rows, grad_y.cols), row-major with leading dimension ld_grad_z,
 // = grad_y * act'(z) elementwise (act(z) recomputed for the derivatives that use it).

@@ -27,6 +27,7 @@
 // (reduced_precision.h); hidden is returned in the input dtype and widened again by the
 // backward.
 //
+// The same file is the emulated CUDA backend when a host compiler builds it (op_backend.h).
 // Only lean ATen/c10 headers here (see linear_cuda.cu).
 #include <algorithm>
 #include <cstdint>
@@ -39,15 +40,15 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include "activation.h"
 #include "cuda/gemm_launch.h"
+#include "cuda/launch.h"
 #include "cuda/mlp_kernels.cuh"
+#include "cuda/mlp_launch.h"
+#include "cuda/op_backend.h"
 #include "linear_checks.h"
 #include "mlp_layout.h"
 #include "reduced_precision.h"
@@ -112,19 +113,13 @@ void mlp_forward_fused(const at::Tensor& input, at::TensorList weights,
                        const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
                        const MlpHiddenLayout& layout, at::Tensor& output, at::Tensor& hidden, bool save_hidden,
                        cudaStream_t stream) {
-  using Tile = FusedMlpTile<T>;
-  const int64_t M = input.size(0);
-  if (M == 0) return;
-  const int64_t blocks = ceil_div(M, Tile::FORWARD_ROWS);
-  TORCH_CHECK(blocks <= kMaxGridX, kForwardOp, ": ", M, " rows need more than ", kMaxGridX, " blocks");
+  if (input.size(0) == 0) return;
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
   describe_layers<T>(p, input, activation, weights, &biases, layout, contiguous_weights);
   p.output = output.mutable_data_ptr<T>();
   p.hidden = save_hidden ? hidden.mutable_data_ptr<T>() : nullptr;
-  mlp_forward_fused_kernel<T, Tile::FORWARD_ROWS, Tile::CHUNK>
-      <<<static_cast<unsigned>(blocks), kFusedThreads, 0, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_mlp_forward_fused(p, stream);
 }
 
 template <typename T>
@@ -174,8 +169,8 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cuda(const at::Tensor& input, at:
   if (is_reduced_precision(dtype)) {
     return mlp_forward_in_float32(mlp_forward_cuda, input, weights, biases, activation_name, save_hidden);
   }
-  const c10::cuda::CUDAGuard device_guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const OpDevice device(input);
+  const cudaStream_t stream = device.stream();
   const int64_t M = input.size(0);
   const MlpHiddenLayout layout(M, widths, activation != Activation::None);
   const bool fused = fits_fused(input.size(1), widths);
@@ -213,26 +208,11 @@ void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, 
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
   describe_layers<T>(p, input, activation, weights, nullptr, layout, contiguous_weights);
-  // Each block's row of partials: dW_0, [db_0], dW_1, [db_1], ...
-  int64_t partials_stride = 0;
-  for (size_t l = 0; l < weights.size(); ++l) {
-    FusedLayer<T>& layer = p.layers[l];
-    layer.grad_weight_offset = partials_stride;
-    partials_stride += static_cast<int64_t>(layer.n) * layer.k;
-    layer.grad_bias_offset = has_bias[l] ? partials_stride : -1;
-    if (has_bias[l]) partials_stride += layer.n;
-  }
-  // A fixed split of the row tiles over at most max_blocks blocks (see kFusedPartialsBudget).
-  const int64_t max_blocks = std::clamp(kFusedPartialsBudget / std::max<int64_t>(partials_stride, 1),
-                                        kFusedMinBackwardBlocks, kFusedMaxBackwardBlocks);
-  const int64_t row_tiles = ceil_div(M, Tile::BACKWARD_ROWS);
-  const int64_t tiles_per_block = std::max<int64_t>(1, ceil_div(row_tiles, max_blocks));
-  const int64_t blocks = ceil_div(row_tiles, tiles_per_block);  // 0 when M == 0: the sums below are zeros
-  // Launched whenever there are rows, even if every dW and db is empty (partials_stride
-  // == 0, the kernel then never touches the partials): grad_input may still need zeros.
+  const int64_t partials_stride = lay_out_partials(p, has_bias.data());
+  const FusedBackwardSplit split = split_fused_backward(M, Tile::BACKWARD_ROWS, partials_stride);
   at::Tensor partials;
-  if (blocks > 0) {
-    partials = at::empty({blocks, partials_stride}, grad_output.options());
+  if (split.blocks > 0) {
+    partials = at::empty({split.blocks, partials_stride}, grad_output.options());
     p.grad_output = grad_output.const_data_ptr<T>();
     p.grad_output_row_stride = grad_output.stride(0);
     p.grad_output_col_stride = grad_output.stride(1);
@@ -240,25 +220,19 @@ void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, 
     p.grad_input = input_grad ? grads.grad_input.mutable_data_ptr<T>() : nullptr;
     p.partials = partials.mutable_data_ptr<T>();
     p.partials_stride = partials_stride;
-    p.row_tiles = row_tiles;
-    p.tiles_per_block = tiles_per_block;
-    mlp_backward_fused_kernel<T, Tile::BACKWARD_ROWS, Tile::CHUNK>
-        <<<static_cast<unsigned>(blocks), kFusedThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_mlp_backward_fused(p, split, stream);
   }
+  // M == 0: no rows of partials, the sums are zeros.
   const T* partials_data = partials.defined() ? partials.const_data_ptr<T>() : nullptr;
-  const int64_t summed_blocks = partials.defined() ? blocks : 0;
-  const auto reduce = [&](int64_t offset, int64_t count, T* out) {
-    if (count == 0) return;
-    const int64_t grid = std::min<int64_t>(ceil_div(count, 256), 1024);
-    reduce_partials_kernel<T><<<static_cast<unsigned>(grid), 256, 0, stream>>>(partials_data, summed_blocks,
-                                                                               partials_stride, offset, count, out);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
+  const int64_t summed_blocks = partials.defined() ? split.blocks : 0;
   for (size_t l = 0; l < weights.size(); ++l) {
     const FusedLayer<T>& layer = p.layers[l];
-    reduce(layer.grad_weight_offset, static_cast<int64_t>(layer.n) * layer.k, grads.grad_weights[l].mutable_data_ptr<T>());
-    if (has_bias[l]) reduce(layer.grad_bias_offset, layer.n, grads.grad_biases[l].mutable_data_ptr<T>());
+    reduce_partials(partials_data, summed_blocks, partials_stride, layer.grad_weight_offset,
+                    static_cast<int64_t>(layer.n) * layer.k, grads.grad_weights[l].mutable_data_ptr<T>(), stream);
+    if (has_bias[l]) {
+      reduce_partials(partials_data, summed_blocks, partials_stride, layer.grad_bias_offset,
+                      static_cast<int64_t>(layer.n), grads.grad_biases[l].mutable_data_ptr<T>(), stream);
+    }
   }
 }
 
@@ -278,6 +252,7 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
     return;
   }
   const auto options = grad_output.options();
+  TensorScratch scratch(options);
   const T* saved = hidden.const_data_ptr<T>();
   View<T> dz = view_of<T>(grad_output);
   at::Tensor dz_buffer;  // dz_{l-1}; replaced in stream order, as in mlp_forward_per_layer
@@ -286,7 +261,7 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
     const int64_t K = w.size(1);
     const View<T> a_prev = l > 0 ? View<T>{saved + layout.y_offset[l - 1], M, K, layout.cols, 1} : view_of<T>(input);
     weight_and_bias_gradients<T>(dz, a_prev, grads.grad_weights[l].mutable_data_ptr<T>(),
-                                 has_bias[l] ? grads.grad_biases[l].mutable_data_ptr<T>() : nullptr, options, stream);
+                                 has_bias[l] ? grads.grad_biases[l].mutable_data_ptr<T>() : nullptr, scratch, stream);
     if (l > 0) {
       // dz_{l-1} = (dz_l @ W_l) * act'(z_{l-1}, a_{l-1}), the derivative applied in the epilogue.
       at::Tensor next = at::empty({M, K}, options);
@@ -318,8 +293,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
     return mlp_backward_in_float32(mlp_backward_cuda, grad_output, input, weights, hidden, activation_name,
                                    has_bias_list, input_grad);
   }
-  const c10::cuda::CUDAGuard device_guard(input.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const OpDevice device(input);
+  const cudaStream_t stream = device.stream();
   const int64_t M = input.size(0);
   const MlpHiddenLayout layout(M, widths, activation != Activation::None);
   const auto options = grad_output.options();
@@ -344,7 +319,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
 }  // namespace
 }  // namespace pylibnn::cuda
 
-TORCH_LIBRARY_IMPL(pylibnn, CUDA, m) {
+PYLIBNN_CUDA_BACKEND_IMPL(m) {
   m.impl("mlp_forward", &pylibnn::cuda::mlp_forward_cuda);
   m.impl("mlp_backward", &pylibnn::cuda::mlp_backward_cuda);
 }

@@ -29,13 +29,16 @@
 //   backward 2 ROWS x 128 + CHUNK x 128; FusedMlpTile's sizes give 40.1 KiB (forward) and
 //   40 KiB (backward) for both float and double.
 //   Edges: rows past M are loaded as zeros and never stored (the forward stores hidden's
-//   padding rows [M, Mp) and columns [N_l, P(N_l)) as zeros); widths of 0 and 1 work;
-//   row and element offsets into global memory are int64_t.
+//   padding rows [M, Mp) and columns [N_l, P(N_l)) as zeros); columns past a width, up to
+//   the next multiple of 32, are staged in shared memory as zeros (the last column group's
+//   lanes multiply them and discard the sums); widths of 0 and 1 work; row and element
+//   offsets into global memory are int64_t.
 #pragma once
 
 #include <cstdint>
 
 #include "activation.h"
+#include "cuda/device.h"
 #include "mlp_layout.h"
 
 namespace pylibnn::cuda {
@@ -119,10 +122,10 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_forward_fused_kernel(const 
   static_assert(ROWS % kFusedWarps == 0, "every warp owns the same rows");
   static_assert(ROWS % kHiddenRowMultiple == 0, "the tiles cover hidden's padding rows");
   // The tile's activations: a_{l-1} while layer l reads it, then a_l.
-  __shared__ T activations[ROWS][kFusedMaxWidth];
+  PYLIBNN_SHARED(T, activations, [ROWS][kFusedMaxWidth]);
   // w_chunk[kk][n] = W_l[n][k0 + kk]. Rows of 130: the staging stores (16 consecutive kk of
   // one n, then the next n) fall in distinct banks for float.
-  __shared__ T w_chunk[CHUNK][kFusedMaxWidth + 2];
+  PYLIBNN_SHARED(T, w_chunk, [CHUNK][kFusedMaxWidth + 2]);
 
   const int tid = threadIdx.x;
   const int lane = tid % kFusedLanes;
@@ -150,12 +153,15 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_forward_fused_kernel(const 
       for (int j = 0; j < kFusedColGroups; ++j) acc[i][j] = T(0);
     }
 
+    // Columns [N, staged_n) of the chunk are staged as zeros: the last column group's lanes
+    // past N multiply them (their sums are never stored, but they must not read garbage).
+    const int staged_n = col_groups * kFusedLanes;
     for (int k0 = 0; k0 < K; k0 += CHUNK) {
       const int kc = min(CHUNK, K - k0);
       // Consecutive threads walk k, along which W is contiguous.
-      for (int e = tid; e < kc * N; e += kFusedThreads) {
+      for (int e = tid; e < kc * staged_n; e += kFusedThreads) {
         const int n = e / kc, kk = e % kc;
-        w_chunk[kk][n] = layer.weight[static_cast<int64_t>(n) * K + k0 + kk];
+        w_chunk[kk][n] = n < N ? layer.weight[static_cast<int64_t>(n) * K + k0 + kk] : T(0);
       }
       __syncthreads();  // the chunk is complete before anyone reads it
       for (int kk = 0; kk < kc; ++kk) {
@@ -165,7 +171,7 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_forward_fused_kernel(const 
 #pragma unroll
         for (int j = 0; j < kFusedColGroups; ++j) {
           if (j >= col_groups) break;
-          const T w = w_chunk[kk][lane + j * kFusedLanes];  // columns >= N: stale, never stored
+          const T w = w_chunk[kk][lane + j * kFusedLanes];  // zero for columns >= N
 #pragma unroll
           for (int i = 0; i < ROW_GROUPS; ++i) acc[i][j] += a[i] * w;
         }
@@ -218,9 +224,9 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_backward_fused_kernel(const
   constexpr int GRAD_N_GROUPS = 4;  // dW: thread (warp, lane) owns n = n0 + warp + 8 i, i < 4
   constexpr int GRAD_N_BLOCK = GRAD_N_GROUPS * kFusedWarps;  // 32 rows of dW per pass
   static_assert(ROWS % kFusedWarps == 0, "every warp owns the same rows");
-  __shared__ T grad[ROWS][kFusedMaxWidth];     // dz_l of the tile, then dz_{l-1}
-  __shared__ T prev[ROWS][kFusedMaxWidth];     // a_{l-1} of the tile (the input for l = 0)
-  __shared__ T w_chunk[CHUNK][kFusedMaxWidth];  // w_chunk[nn][k] = W_l[n0 + nn][k]
+  PYLIBNN_SHARED(T, grad, [ROWS][kFusedMaxWidth]);     // dz_l of the tile, then dz_{l-1}
+  PYLIBNN_SHARED(T, prev, [ROWS][kFusedMaxWidth]);     // a_{l-1} of the tile (the input for l = 0)
+  PYLIBNN_SHARED(T, w_chunk, [CHUNK][kFusedMaxWidth]);  // w_chunk[nn][k] = W_l[n0 + nn][k]
 
   const int tid = threadIdx.x;
   const int lane = tid % kFusedLanes;
@@ -236,13 +242,17 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_backward_fused_kernel(const
     const bool first = tile == first_tile;
     const int64_t row0 = tile * ROWS;
 
-    // dz_{L-1} = grad_output; rows past M are zeros, so they add nothing below.
+    // dz_{L-1} = grad_output; rows past M, and columns up to the next multiple of 32 (read
+    // by the dW passes' last row group), are zeros, so they add nothing below.
     {
       const int n_out = p.layers[last_layer].n;
-      for (int e = tid; e < ROWS * n_out; e += kFusedThreads) {
-        const int r = e / n_out, n = e % n_out;
+      const int staged_n = (n_out + kFusedLanes - 1) / kFusedLanes * kFusedLanes;
+      for (int e = tid; e < ROWS * staged_n; e += kFusedThreads) {
+        const int r = e / staged_n, n = e % staged_n;
         const int64_t row = row0 + r;
-        grad[r][n] = row < p.M ? p.grad_output[row * p.grad_output_row_stride + n * p.grad_output_col_stride] : T(0);
+        grad[r][n] = row < p.M && n < n_out
+                         ? p.grad_output[row * p.grad_output_row_stride + n * p.grad_output_col_stride]
+                         : T(0);
       }
     }
 
@@ -250,14 +260,17 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_backward_fused_kernel(const
       const FusedLayer<T>& layer = p.layers[l];
       const int N = layer.n, K = layer.k;
       const int k_groups = (K + kFusedLanes - 1) / kFusedLanes;
+      // Columns [K, staged_k) of prev and of the weight chunks are staged as zeros: the last
+      // group's lanes past K multiply them (their sums are never stored).
+      const int staged_k = k_groups * kFusedLanes;
 
       // a_{l-1}: the input for layer 0, else hidden's a band of layer l - 1.
       const T* prev_band = l > 0 ? p.saved_hidden + p.layers[l - 1].y_offset : nullptr;
-      for (int e = tid; e < ROWS * K; e += kFusedThreads) {
-        const int r = e / K, k = e % K;
+      for (int e = tid; e < ROWS * staged_k; e += kFusedThreads) {
+        const int r = e / staged_k, k = e % staged_k;
         const int64_t row = row0 + r;
         T v = T(0);
-        if (row < p.M) {
+        if (row < p.M && k < K) {
           v = l > 0 ? prev_band[row * p.hidden_ld + k] : p.input[row * p.input_row_stride + k * p.input_col_stride];
         }
         prev[r][k] = v;
@@ -321,9 +334,9 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_backward_fused_kernel(const
         }
         for (int n0 = 0; n0 < N; n0 += CHUNK) {
           const int nc = min(CHUNK, N - n0);
-          for (int e = tid; e < nc * K; e += kFusedThreads) {
-            const int nn = e / K, k = e % K;  // along a contiguous row of W: coalesced, no bank conflicts
-            w_chunk[nn][k] = layer.weight[static_cast<int64_t>(n0 + nn) * K + k];
+          for (int e = tid; e < nc * staged_k; e += kFusedThreads) {
+            const int nn = e / staged_k, k = e % staged_k;  // along a row of W: coalesced, no bank conflicts
+            w_chunk[nn][k] = k < K ? layer.weight[static_cast<int64_t>(n0 + nn) * K + k] : T(0);
           }
           __syncthreads();  // the chunk is complete before anyone reads it
           for (int nn = 0; nn < nc; ++nn) {
@@ -351,15 +364,14 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_backward_fused_kernel(const
           for (int j = 0; j < kFusedColGroups; ++j) {
             const int k = lane + j * kFusedLanes;
             if (j >= k_groups) break;
-            if (k >= K) continue;
             if (l > 0) {
-              T dz = T(0);  // rows past M stay zero
-              if (row < p.M) {
+              T dz = T(0);  // rows past M and columns past K (the next layer's dW reads them) stay zero
+              if (row < p.M && k < K) {
                 const T z = z_band[row * p.hidden_ld + k];
                 dz = acc[i][j] * activation_derivative(p.activation, z, prev[r][k]);
               }
               grad[r][k] = dz;
-            } else if (row < p.M) {
+            } else if (row < p.M && k < K) {
               p.grad_input[row * K + k] = acc[i][j];
             }
           }

@@ -1,0 +1,158 @@
+"""The CUDA emulator itself, and proof that the emulated tests can fail.
+
+tests/emulated_kernels/ is a small C++ program, built here with the host compiler, that runs
+the emulator's self-test and checks the CUDA kernels (gemm_launch.cuh, mlp_launch.h) against
+float64 loops at three fiber orders in strict mode (tests/emulated_kernels/check_kernels.cpp).
+The planted-bug tests copy csrc/, plant one bug in a kernel (a barrier removed, a bound off
+by one, a read past a shared-memory row, one of the two findings of the emulator issue
+undone), rebuild the kernels and require the check to fail: through wrong values, a race
+between fiber orders, a canary, strict mode, or AddressSanitizer / UBSan where only a
+sanitizer can see the bug. The op-level emulated tests are the `emulated_cuda` variants of
+the other test files (tests/cuda_emulation.py).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cuda_emulation
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK_DIR = ROOT / "tests" / "emulated_kernels"
+BUILD_ROOT = ROOT / "build" / "emulated_kernels"
+CXX = os.environ.get("CXX", "c++")
+VARIANTS = {
+    "plain": ["-O1"],
+    # -O0: the sanitizer build compiles faster and the checks run in seconds either way.
+    "sanitize": ["-O0", "-fsanitize=address,undefined,bounds", "-fno-sanitize=vptr", "-fno-sanitize-recover=undefined",
+                 "-fno-omit-frame-pointer"],
+}
+# Abandoned fibers (a failed block is never resumed) keep their allocations: no leak check.
+SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+INCLUDE = cuda_emulation.cuda_include_dir()
+pytestmark = pytest.mark.skipif(INCLUDE is None or shutil.which(CXX) is None,
+                                reason="needs a C++ compiler and CUDA's host headers (vector_types.h)")
+
+
+def _flags(variant, csrc):
+    flags = ["-std=c++17", "-g0", "-Wall", "-Wno-unknown-pragmas", f"-I{csrc}", f"-I{CHECK_DIR}", f"-I{INCLUDE}"]
+    if cuda_emulation.cpu_has_fma():
+        flags += ["-mfma", "-ffp-contract=fast"]
+    return flags + VARIANTS[variant]
+
+
+def _compile(source, output, variant, csrc, sources_it_reads):
+    """Compiles `source` to `output` unless it is newer than every file it reads."""
+    if output.exists() and all(output.stat().st_mtime > p.stat().st_mtime for p in sources_it_reads):
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = [CXX, *_flags(variant, csrc), "-c", str(source), "-o", str(output)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
+
+
+def _headers(csrc):
+    return [*csrc.rglob("*.h"), *csrc.rglob("*.cuh"), *CHECK_DIR.glob("*.h")]
+
+
+def build_check(variant, csrc=ROOT / "csrc", directory=None):
+    """Links check_kernels for `variant`; the emulator and the test logic are compiled once
+    per variant from the checkout, the kernels (kernels.cpp) from `csrc`."""
+    base = BUILD_ROOT / variant
+    headers = _headers(ROOT / "csrc")
+    _compile(ROOT / "csrc/cuda/emulation/emulator.cpp", base / "emulator.o", variant, ROOT / "csrc",
+             [ROOT / "csrc/cuda/emulation/emulator.cpp", *headers])
+    _compile(CHECK_DIR / "check_kernels.cpp", base / "check_kernels.o", variant, ROOT / "csrc",
+             [CHECK_DIR / "check_kernels.cpp", *headers])
+    directory = directory or base
+    kernels = directory / "kernels.o"
+    _compile(CHECK_DIR / "kernels.cpp", kernels, variant, csrc, [CHECK_DIR / "kernels.cpp", *_headers(csrc)])
+    program = directory / "check_kernels"
+    command = [CXX, *VARIANTS[variant], str(base / "check_kernels.o"), str(kernels), str(base / "emulator.o"),
+               "-o", str(program), "-lpthread"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
+    return program
+
+
+def run_check(program, what):
+    return subprocess.run([str(program), what], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **SANITIZER_ENV})
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_emulator_selftest(variant):
+    result = run_check(build_check(variant), "selftest")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 failed" in result.stdout
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_kernels_pass_emulated(variant):
+    result = run_check(build_check(variant), "kernels")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    assert "0 failed" in result.stdout and "FAIL" not in result.stdout
+
+
+# (name, file under csrc/, the exact original text, the planted text, build variant, what
+# must appear in the output). Each original must occur exactly once: a kernel edit that
+# removes it makes its test fail loudly, so the mutation is updated with the kernel.
+PLANTED_BUGS = [
+    ("gemm write-after-read barrier removed", "cuda/gemm_kernels.cuh",
+     "    __syncthreads();  // everyone is done with the slab before the next one overwrites it\n", "",
+     "plain", "FAIL gemm"),
+    ("gemm read-after-write barrier removed", "cuda/gemm_kernels.cuh",
+     "    __syncthreads();  // the slab is complete before anyone reads it\n", "", "plain", "FAIL gemm"),
+    ("gemm store bound off by one", "cuda/gemm_kernels.cuh",
+     "      if (col >= p.N) continue;\n", "      if (col > p.N) continue;\n", "plain", "FAIL gemm"),
+    ("gemm load bound off by one (only ASan sees it)", "cuda/gemm_kernels.cuh",
+     "const bool inside = row0 + a_i0 + r * a_di < p.M &&", "const bool inside = row0 + a_i0 + r * a_di <= p.M &&",
+     "sanitize", "AddressSanitizer"),
+    ("column sums tree barrier removed", "cuda/gemm_kernels.cuh",
+     "    if (ty < s) partial[ty][tx] += partial[ty + s][tx];\n    __syncthreads();\n",
+     "    if (ty < s) partial[ty][tx] += partial[ty + s][tx];\n", "plain", "FAIL column_sums"),
+    ("column sums read past a shared-memory row (only UBSan -fsanitize=bounds sees it)", "cuda/gemm_kernels.cuh",
+     "partial[ty][tx] += partial[ty + s][tx];", "partial[ty][tx] += partial[ty][tx + s * (COLUMN_SUMS_COLS + 1)];",
+     "sanitize", "runtime error: index"),
+    ("mlp backward's last barrier removed", "cuda/mlp_kernels.cuh",
+     "      // dz_{l-1} is complete, and every read of prev is done before the next layer (or\n"
+     "      // tile) restages it.\n      __syncthreads();\n", "", "plain", "FAIL fused mlp"),
+    ("mlp input bound off by one (only ASan sees it)", "cuda/mlp_kernels.cuh",
+     "activations[r][k] = row < p.M ?", "activations[r][k] = row <= p.M ?", "sanitize", "AddressSanitizer"),
+    ("finding: mlp forward stages only N weight columns (padding lanes read never-written shared memory)",
+     "cuda/mlp_kernels.cuh", "for (int e = tid; e < kc * staged_n; e += kFusedThreads)",
+     "for (int e = tid; e < kc * N; e += kFusedThreads)", "plain", "strict mode"),
+    ("finding: gemm skips the row sums when C has no columns", "cuda/gemm_launch.cuh",
+     "if (p.M == 0 || (p.N == 0 && a_row_sums == nullptr)) return;", "if (p.M == 0 || p.N == 0) return;",
+     "plain", "row sum"),
+]
+
+
+@pytest.mark.parametrize("name,path,original,planted,variant,evidence", PLANTED_BUGS, ids=[b[0] for b in PLANTED_BUGS])
+def test_planted_bug_is_caught(tmp_path, name, path, original, planted, variant, evidence):
+    csrc = tmp_path / "csrc"
+    shutil.copytree(ROOT / "csrc", csrc)
+    target = csrc / path
+    text = target.read_text()
+    assert text.count(original) == 1, f"the planted bug's original text is not in {path} exactly once: update it"
+    target.write_text(text.replace(original, planted))
+    result = run_check(build_check(variant, csrc=csrc, directory=tmp_path), "kernels")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"the planted bug ({name}) went unnoticed:\n{output[-3000:]}"
+    assert evidence in output, f"expected '{evidence}' in the output:\n{output[-3000:]}"
+
+
+def test_every_launch_goes_through_the_launch_helper():
+    # A raw <<<...>>> launch would run on the GPU only, never emulated.
+    for path in (ROOT / "csrc").rglob("*"):
+        if path.suffix in (".cu", ".cuh", ".h", ".cpp") and path.name != "launch.h":
+            assert "<<<" not in path.read_text(), f"{path.relative_to(ROOT)} launches a kernel with <<<...>>>"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
