@@ -8,7 +8,7 @@
 #   build   TORCH_CUDA_ARCH_LIST=9.0 PYLIBNN_CUDA=1 python setup.py build_ext --inplace
 #           (fallback: pip install --no-build-isolation --no-deps --no-index -e .)
 #   import  pylibnn.build_info(): CUDA kernels compiled in and a GPU visible
-#   tests   python -m pytest -q tests -k cuda
+#   tests   python -m pytest -q tests -k cuda -m "not emulated_cuda and not slow"
 #   tutor   python -m pylibnn --device cuda (tutorial network, pylibnn vs reference)
 #   bench   python benchmarks/bench_linear.py --device cuda --quick --out OUT_DIR
 #   mlp     python benchmarks/bench_mlp.py --device cuda --quick --no-compile --out OUT_DIR
@@ -166,7 +166,8 @@ esac
 # ---------------------------------------------------------------- tests
 # Leave ~210 s for the tutorial run and the benchmarks after the tests.
 TESTS_S=$(( $(remaining) - 210 )); [ "$TESTS_S" -gt 240 ] && TESTS_S=240
-run_step tests "$TESTS_S" "$PYTHON" -m pytest -q -rfE tests -k cuda -p no:cacheprovider
+# (The emulated_cuda variants run on the CPU in CI; here only the real GPU's.)
+run_step tests "$TESTS_S" "$PYTHON" -m pytest -q -rfE tests -k cuda -m "not emulated_cuda and not slow" -p no:cacheprovider
 case "$STEP_RC" in
   0) record tests PASS "pytest -k cuda: $(last_line 'passed|skipped')" ;;
   5) record tests WARN "pytest -k cuda collected no tests: $(last_line)" ;;
@@ -212,10 +213,11 @@ else
   for tool in memcheck racecheck; do
     if [ "$tool" = memcheck ]; then FILTER="cuda and (direct or packed)"; else FILTER="cuda and direct and f32"; fi
     run_step "cs-$tool" 120 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
-      "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_ops.py tests/test_nonfinite.py -k "$FILTER"
+      "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "not emulated_cuda and not slow" tests/test_ops.py \
+      tests/test_nonfinite.py -k "$FILTER"
     [ "$STEP_RC" = 0 ] && run_step "cs-$tool-fused" 90 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
-      "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_mlp.py tests/test_fused_linear.py \
-      -k "cuda and (matches_sequential or matches_reference or hidden_layout) and not f64"
+      "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "not emulated_cuda and not slow" tests/test_mlp.py \
+      tests/test_fused_linear.py -k "cuda and (matches_sequential or matches_reference or hidden_layout) and not f64"
     case "$STEP_RC" in
       0) record "cs-$tool" PASS "compute-sanitizer --tool $tool: $(last_line 'ERROR SUMMARY|passed')" ;;
       124|137) record "cs-$tool" WARN "compute-sanitizer --tool $tool: timed out (${STEP_SECS}s); not a failure" ;;

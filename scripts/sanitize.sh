@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs pylibnn's CPU kernel tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Runs pylibnn's kernel tests (CPU, and CUDA through the emulator) under AddressSanitizer +
+# UndefinedBehaviorSanitizer.
 #
 #   scripts/sanitize.sh [SCRATCH_DIR] [-- PYTEST_ARGS...]
 #
@@ -60,9 +61,17 @@ DEFAULT_TESTS=(tests/test_linear_numerics.py tests/test_ops.py tests/test_autogr
                tests/test_nonfinite.py tests/test_properties.py tests/test_safety.py
                tests/test_fused_linear.py tests/test_mlp.py)
 # (torch.compile's tests are left out too: inductor builds and loads C++ under the preload.)
+# The same files' emulated_cuda variants run the CUDA kernels on the CPU under the same
+# sanitizers (tests/cuda_emulation.py builds its extension with -fsanitize=bounds too, in
+# build/emulated_cuda_sanitize): the value tests of every op over edge shapes and views (of
+# the 840-case shape matrix, the float32-with-bias quarter), not the gradchecks and
+# training loops, which repeat the same launches.
+EMULATED_UNDER_SANITIZERS="(shape_matrix and f32-bias) or noncontiguous or input_ranks or output_mask or nonfinite"
+EMULATED_UNDER_SANITIZERS+=" or matches_reference or given_preactivation or no_bias_and_views or relu_passes_nan"
+EMULATED_UNDER_SANITIZERS+=" or matches_sequential or hidden_layout or bias_free_and_views or low_precision"
 if [ "$#" -eq 0 ]; then
   set -- -q -x -p no:cacheprovider "${DEFAULT_TESTS[@]}" -m "not slow" \
-         -k "not memory_growth and not temporary_larger and not compile"
+         -k "not memory_growth and not temporary_larger and not compile and (not emulated_cuda or $EMULATED_UNDER_SANITIZERS)"
 fi
 
 # libstdc++ is preloaded with libasan: python does not link it, so without it ASan's
@@ -79,6 +88,7 @@ echo "sanitize: pytest $* (LD_PRELOAD=$LIBASAN $LIBSTDCXX; reports in $LOGS)"
 cd "$SCRATCH"
 set +e
 PYTHONPATH="$STUBS${PYTHONPATH:+:$PYTHONPATH}" \
+PYLIBNN_SANITIZE=1 \
 LD_PRELOAD="$LIBASAN $LIBSTDCXX" \
 ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0:halt_on_error=1:detect_odr_violation=0:allocator_may_return_null=1:log_path=$LOGS/asan" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$LOGS/ubsan" \

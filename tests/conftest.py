@@ -32,13 +32,17 @@ CUDA_SKIP_REASON = (
 # `pytest -m "emulated_cuda and not slow"` runs only them. Tolerances are the same rule as
 # for the CPU and the GPU (assert_close_to_reference): it holds for any summation order
 # and with or without FMA contraction, so it covers nvcc's contraction and the host's math.
+# Without a GPU the real-GPU variant of a CUDA test is not generated: its emulated twin runs
+# in its place (tests that need a real GPU keep requires_cuda and are skipped).
 requires_cuda = pytest.mark.skipif(not CUDA_USABLE, reason=CUDA_SKIP_REASON)
-EMULATED_CUDA = pytest.param("cpu", id="emulated_cuda", marks=pytest.mark.emulated_cuda)
-CUDA_BACKENDS = [pytest.param("cuda", id="cuda", marks=requires_cuda), EMULATED_CUDA]
+GPU_CUDA = pytest.param("cuda", id="cuda", marks=requires_cuda)
+EMULATED_CUDA = pytest.param("cpu", id="emulated_cuda",
+                             marks=[pytest.mark.emulated_cuda, pytest.mark.emulated_cuda_backend])
+CUDA_BACKENDS = [GPU_CUDA, EMULATED_CUDA] if CUDA_USABLE else [EMULATED_CUDA]
 DEVICES = [pytest.param("cpu", id="cpu"), *CUDA_BACKENDS]
 # torch.compile and torch.export trace the fake kernels rather than a backend, and dynamo does
 # not trace under the emulator's dispatch mode: their tests run on the real devices only.
-TRACEABLE_DEVICES = [p for p in DEVICES if p is not EMULATED_CUDA]
+TRACEABLE_DEVICES = [pytest.param("cpu", id="cpu"), GPU_CUDA]
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
 # ---------------------------------------------------------------------------------------
@@ -140,9 +144,10 @@ def cpu_isa(request):
 
 @pytest.fixture(autouse=True)
 def _emulated_cuda_backend(request):
-    """Runs an emulated_cuda test inside the dispatch mode that routes pylibnn's ops to the
-    emulated CUDA backend (built on first use; skipped, saying why, if it cannot be built)."""
-    if request.node.get_closest_marker("emulated_cuda") is None:
+    """Runs a test on the EMULATED_CUDA device inside the dispatch mode that routes pylibnn's
+    ops to the emulated CUDA backend (built on first use; skipped, saying why, if it cannot be
+    built)."""
+    if request.node.get_closest_marker("emulated_cuda_backend") is None:
         yield
         return
     try:

@@ -35,8 +35,9 @@ VARIANTS = {
 SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
 
 INCLUDE = cuda_emulation.cuda_include_dir()
-pytestmark = pytest.mark.skipif(INCLUDE is None or shutil.which(CXX) is None,
-                                reason="needs a C++ compiler and CUDA's host headers (vector_types.h)")
+pytestmark = [pytest.mark.emulated_cuda,
+              pytest.mark.skipif(INCLUDE is None or shutil.which(CXX) is None,
+                                 reason="needs a C++ compiler and CUDA's host headers (vector_types.h)")]
 
 
 def _flags(variant, csrc):
@@ -145,6 +146,28 @@ def test_planted_bug_is_caught(tmp_path, name, path, original, planted, variant,
     output = result.stdout + result.stderr
     assert result.returncode != 0, f"the planted bug ({name}) went unnoticed:\n{output[-3000:]}"
     assert evidence in output, f"expected '{evidence}' in the output:\n{output[-3000:]}"
+
+
+def test_each_emulated_op_call_runs_at_two_fiber_orders():
+    import torch
+
+    import pylibnn
+
+    try:
+        mode = cuda_emulation.EmulatedCuda()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    module = mode.module
+    x, w = torch.randn(70, 20), torch.randn(30, 20)
+    module.reset_statistics()
+    with mode:
+        y = pylibnn.linear(x, w)
+    stats = module.statistics()
+    # One GEMM launch per order: 2 x ceil(70 / 64) row tiles x 1 column tile, 256 threads each.
+    assert stats["launches"] == 2 and stats["blocks"] == 4 and stats["threads"] == 4 * 256
+    assert stats["barriers"] == 4 * 2 * 2  # two barriers per 16-wide k slab, two slabs
+    assert module.fiber_order() == "shuffle"
+    torch.testing.assert_close(y, x @ w.T)
 
 
 def test_every_launch_goes_through_the_launch_helper():
