@@ -27,6 +27,8 @@ BUILD_ROOT = ROOT / "build" / "emulated_kernels"
 CXX = os.environ.get("CXX", "c++")
 VARIANTS = {
     "plain": ["-O1"],
+    # The portable context switch (the default off x86-64).
+    "ucontext": ["-O1", "-DPYLIBNN_EMULATION_UCONTEXT"],
     # -O0: the sanitizer build compiles faster and the checks run in seconds either way.
     "sanitize": ["-O0", "-fsanitize=address,undefined,bounds", "-fno-sanitize=vptr", "-fno-sanitize-recover=undefined",
                  "-fno-omit-frame-pointer"],

@@ -120,7 +120,8 @@ struct Fiber {
 // fiber_start: the first return address of a new fiber; r12 holds its Fiber*, r13 the
 // entry function, which never returns. The floating-point control state (MXCSR, x87 control
 // word) is not switched: every fiber of an OS thread runs under the thread's, and the
-// exception flags of all of them accumulate there (strict mode reads them per block).
+// exception flags of all of them accumulate there (strict mode also collects them at each
+// switch, since swapcontext restores them).
 extern "C" void pylibnn_emulation_switch_context(void** save_sp, void* load_sp);
 extern "C" void pylibnn_emulation_fiber_start();
 asm(R"(
@@ -264,6 +265,7 @@ struct Worker {
   LaunchState* launch = nullptr;
   uint3 block{};
   bool block_failed = false;
+  bool raised_invalid = false;  // a fiber of the block raised FE_INVALID (strict mode)
 
   unsigned char* arena = nullptr;
   size_t arena_used = 0;  // bytes handed out, dynamic region included
@@ -320,6 +322,9 @@ extern "C" void fiber_main(Fiber* fiber);
 
 void switch_to_scheduler(Worker& w, Fiber& f, bool exiting) {
   ++w.switches;
+  // swapcontext restores the scheduler's floating-point status flags: collect the fiber's
+  // invalid-operation flag first (strict mode), whichever switch is in use.
+  if (w.launch->strict && std::fetestexcept(FE_INVALID)) w.raised_invalid = true;
   asan_start_switch(exiting ? nullptr : &f.asan_fake_stack, w.scheduler_stack_bottom, w.scheduler_stack_size);
 #if defined(PYLIBNN_EMULATION_UCONTEXT)
   swapcontext(&f.context, &w.scheduler_context);
@@ -502,6 +507,7 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
                      static_cast<unsigned>(i / (uint64_t(bdim.x) * bdim.y))};
     prepare_fiber(w, f, i);
   }
+  w.raised_invalid = false;
   if (launch.strict) std::feclearexcept(FE_INVALID);
 
   std::vector<int> order(n);
@@ -519,7 +525,7 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
     if (ran) continue;
     if (!resolve_barrier(w)) break;
   }
-  if (!w.block_failed && launch.strict && std::fetestexcept(FE_INVALID)) {
+  if (!w.block_failed && launch.strict && (w.raised_invalid || std::fetestexcept(FE_INVALID))) {
     w.fail("strict mode: the block raised the floating-point invalid-operation flag with finite inputs: it computed "
            "on the signaling-NaN poison of shared memory that was never written (or made a NaN from finite values)");
   }
