@@ -21,7 +21,9 @@
 #include <cfenv>
 #include <condition_variable>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -109,6 +111,19 @@ struct Fiber {
   int argument = 0;
   int width = kWarpSize;
   uint64_t result = 0;
+  // Warp-wide exchanges (mma, ldmatrix): this lane's contribution, double-buffered by round
+  // so that a lane entering the next exchange does not overwrite what others still read.
+  unsigned char exchange[2][48];
+  uint32_t exchange_round = 0;
+  // cp.async: groups committed so far (a copy belongs to the group open when it was issued).
+  int committed_copy_groups = 0;
+};
+
+struct PendingCopy {
+  unsigned char* destination;
+  unsigned char data[16];
+  int bytes;
+  int group;
 };
 
 }  // namespace
@@ -266,6 +281,8 @@ struct Worker {
   uint3 block{};
   bool block_failed = false;
   bool raised_invalid = false;  // a fiber of the block raised FE_INVALID (strict mode)
+
+  std::vector<std::vector<PendingCopy>> pending_copies;  // per fiber, in issue order
 
   unsigned char* arena = nullptr;
   size_t arena_used = 0;  // bytes handed out, dynamic region included
@@ -457,7 +474,8 @@ bool resolve_barrier(Worker& w) {
     return false;
   }
   for (const Fiber& f : w.fibers) {
-    if (f.file != at_barrier->file || f.line != at_barrier->line) {
+    const bool same_file = f.file == at_barrier->file || std::strcmp(f.file, at_barrier->file) == 0;
+    if (f.line != at_barrier->line || !same_file) {
       w.fail("threads wait at different __syncthreads(): " + describe_thread(*at_barrier) + " at " +
              site(at_barrier->file, at_barrier->line) + ", " + describe_thread(f) + " at " + site(f.file, f.line));
       return false;
@@ -499,6 +517,8 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
   const size_t n = launch.threads_per_block;
   w.ensure_stacks(n);
   w.fibers.resize(n);
+  if (w.pending_copies.size() < n) w.pending_copies.resize(n);
+  for (size_t i = 0; i < n; ++i) w.pending_copies[i].clear();  // copies never waited for are dropped
   for (size_t i = 0; i < n; ++i) {
     Fiber& f = w.fibers[i];
     f = Fiber();
@@ -767,6 +787,7 @@ const char* op_name(WarpOp op) {
     case WarpOp::Ballot: return "__ballot_sync";
     case WarpOp::Any: return "__any_sync";
     case WarpOp::All: return "__all_sync";
+    case WarpOp::Exchange: return "a warp-wide instruction (mma.sync / ldmatrix)";
   }
   return "?";
 }
@@ -848,6 +869,7 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int argument,
         case WarpOp::Ballot: g.result = votes; break;
         case WarpOp::Any: g.result = votes != 0; break;
         case WarpOp::All: g.result = votes == mask; break;
+        case WarpOp::Exchange: g.result = 0; break;
         default: {
           const int source = shuffle_source(op, l, g.argument, width);
           if (!(mask >> source & 1u)) {
@@ -903,5 +925,196 @@ void* shared_variable(const void* site_key, size_t bytes, size_t alignment, int 
 }
 
 void* dynamic_shared_memory() { return tls_worker->arena; }
+
+namespace {
+
+bool in_shared_memory(const Worker& w, const void* p, size_t bytes) {
+  const auto* q = static_cast<const unsigned char*>(p);
+  return q >= w.arena && q + bytes <= w.arena + kArenaBytes;
+}
+
+// Every lane of the calling warp contributes `bytes` (<= 48); on return each lane reads every
+// lane's contribution (Exchanged::lane) until it next yields.
+struct Exchanged {
+  const Worker* w;
+  int warp_base;
+  uint32_t slot;
+  const unsigned char* lane(int l) const { return w->fibers[warp_base + l].exchange[slot]; }
+};
+
+Exchanged warp_exchange(const void* mine, size_t bytes, const std::string& what, const char* file, int line) {
+  Worker& w = *tls_worker;
+  Fiber& f = *w.running;
+  const int warp_base = f.linear - f.linear % kWarpSize;
+  if (warp_base + kWarpSize > static_cast<int>(w.fibers.size())) {
+    fail_in_fiber(w, f, what + " at " + site(file, line) + ": needs all 32 lanes of the warp, the block has " +
+                            std::to_string(w.fibers.size()) + " threads");
+  }
+  const uint32_t slot = f.exchange_round & 1u;
+  std::memcpy(f.exchange[slot], mine, bytes);
+  warp_collective(WarpOp::Exchange, 0xffffffffu, 0, 0, kWarpSize, file, line);
+  ++f.exchange_round;
+  return Exchanged{&w, warp_base, slot};
+}
+
+float bf16_to_float(uint16_t bits) {
+  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, 4);
+  return value;
+}
+
+float f16_to_float(uint16_t bits) {
+  const int sign = bits >> 15, exponent = (bits >> 10) & 0x1f, mantissa = bits & 0x3ff;
+  float magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // subnormal (or zero)
+  } else if (exponent == 31) {
+    magnitude = mantissa == 0 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+  } else {
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), exponent - 25);
+  }
+  return sign ? -magnitude : magnitude;
+}
+
+float tf32_to_float(uint32_t bits) {
+  const uint32_t kept = bits & 0xffffe000u;  // the 10-bit mantissa of tf32; the low 13 bits are ignored
+  float value;
+  std::memcpy(&value, &kept, 4);
+  return value;
+}
+
+}  // namespace
+
+void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
+              int line) {
+  struct Fragments {
+    uint32_t a[4];
+    uint32_t b[2];
+    float c[4];
+  } mine;
+  static_assert(sizeof(Fragments) <= sizeof(Fiber::exchange[0]), "the exchange slot holds the fragments");
+  std::memcpy(mine.a, a, sizeof mine.a);
+  std::memcpy(mine.b, b, sizeof mine.b);
+  std::memcpy(mine.c, c, sizeof mine.c);
+  const Exchanged all = warp_exchange(&mine, sizeof mine, "mma.sync", file, line);
+  const int K = input == MmaInput::TF32 ? 8 : 16;
+  float A[16][16], B[16][8], C[16][8];
+  const auto half = [&](uint32_t reg, int which) {
+    const uint16_t bits = static_cast<uint16_t>(which == 0 ? reg & 0xffffu : reg >> 16);  // element 0 in the low half
+    return input == MmaInput::BF16 ? bf16_to_float(bits) : f16_to_float(bits);
+  };
+  for (int l = 0; l < kWarpSize; ++l) {
+    Fragments fr;
+    std::memcpy(&fr, all.lane(l), sizeof fr);
+    const int g = l >> 2, t = l & 3;  // groupID, threadID_in_group
+    if (input == MmaInput::TF32) {
+      A[g][t] = tf32_to_float(fr.a[0]);
+      A[g + 8][t] = tf32_to_float(fr.a[1]);
+      A[g][t + 4] = tf32_to_float(fr.a[2]);
+      A[g + 8][t + 4] = tf32_to_float(fr.a[3]);
+      B[t][g] = tf32_to_float(fr.b[0]);
+      B[t + 4][g] = tf32_to_float(fr.b[1]);
+    } else {
+      for (int e = 0; e < 2; ++e) {
+        A[g][2 * t + e] = half(fr.a[0], e);
+        A[g + 8][2 * t + e] = half(fr.a[1], e);
+        A[g][2 * t + 8 + e] = half(fr.a[2], e);
+        A[g + 8][2 * t + 8 + e] = half(fr.a[3], e);
+        B[2 * t + e][g] = half(fr.b[0], e);
+        B[2 * t + 8 + e][g] = half(fr.b[1], e);
+      }
+    }
+    C[g][2 * t] = fr.c[0];
+    C[g][2 * t + 1] = fr.c[1];
+    C[g + 8][2 * t] = fr.c[2];
+    C[g + 8][2 * t + 1] = fr.c[3];
+  }
+  const int lane = tls_worker->running->linear % kWarpSize;
+  const int g = lane >> 2, t = lane & 3;
+  const int rows[4] = {g, g, g + 8, g + 8};
+  const int cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int r = 0; r < 4; ++r) {
+    float sum = C[rows[r]][cols[r]];
+    for (int k = 0; k < K; ++k) sum += A[rows[r]][k] * B[k][cols[r]];
+    d[r] = sum;
+  }
+}
+
+void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row_address, const char* file,
+              int line) {
+  Worker& w = *tls_worker;
+  const std::string what = std::string("ldmatrix.x") + std::to_string(matrices) + (transpose ? ".trans" : "");
+  if (matrices != 1 && matrices != 2 && matrices != 4) fail_in_fiber(w, *w.running, what + ": x1, x2 or x4");
+  const uintptr_t mine = reinterpret_cast<uintptr_t>(row_address);
+  const Exchanged all = warp_exchange(&mine, sizeof mine, what, file, line);
+  const int lane = w.running->linear % kWarpSize;
+  const auto row = [&](int i, int r) {
+    uintptr_t address;
+    std::memcpy(&address, all.lane(8 * i + r), sizeof address);
+    const void* p = reinterpret_cast<const void*>(address);
+    if (address % 16 != 0 || !in_shared_memory(w, p, 16)) {
+      fail_in_fiber(w, *w.running, what + " at " + site(file, line) + ": lane " + std::to_string(8 * i + r) +
+                                       "'s row address is not a 16-byte aligned shared-memory address");
+    }
+    return static_cast<const unsigned char*>(p);
+  };
+  for (int i = 0; i < matrices; ++i) {
+    if (!transpose) {
+      std::memcpy(&registers[i], row(i, lane / 4) + 4 * (lane % 4), 4);  // row lane/4, columns 2(lane%4) + {0,1}
+    } else {
+      uint16_t low, high;  // column lane/4 of rows 2(lane%4) and 2(lane%4)+1
+      std::memcpy(&low, row(i, 2 * (lane % 4)) + 2 * (lane / 4), 2);
+      std::memcpy(&high, row(i, 2 * (lane % 4) + 1) + 2 * (lane / 4), 2);
+      registers[i] = static_cast<uint32_t>(low) | static_cast<uint32_t>(high) << 16;
+    }
+  }
+}
+
+void cp_async(void* shared, const void* global, int copy_bytes, int source_bytes, const char* file, int line) {
+  Worker& w = *tls_worker;
+  Fiber& f = *w.running;
+  const std::string where = "cp.async at " + site(file, line);
+  if (copy_bytes != 4 && copy_bytes != 8 && copy_bytes != 16) {
+    fail_in_fiber(w, f, where + ": copies 4, 8 or 16 bytes, not " + std::to_string(copy_bytes));
+  }
+  if (source_bytes < 0 || source_bytes > copy_bytes) {
+    fail_in_fiber(w, f, where + ": source size " + std::to_string(source_bytes) + " outside [0, copy size]");
+  }
+  if (reinterpret_cast<uintptr_t>(shared) % copy_bytes != 0 || !in_shared_memory(w, shared, copy_bytes)) {
+    fail_in_fiber(w, f, where + ": the destination is not an aligned shared-memory address");
+  }
+  if (source_bytes > 0 && reinterpret_cast<uintptr_t>(global) % copy_bytes != 0) {
+    fail_in_fiber(w, f, where + ": the source is not aligned to the copy size");
+  }
+  PendingCopy copy{};
+  copy.destination = static_cast<unsigned char*>(shared);
+  copy.bytes = copy_bytes;
+  copy.group = f.committed_copy_groups;
+  if (source_bytes > 0) std::memcpy(copy.data, global, source_bytes);  // read at issue, as the hardware may
+  w.pending_copies[f.linear].push_back(copy);
+}
+
+void cp_async_commit_group() { ++tls_worker->running->committed_copy_groups; }
+
+void cp_async_wait_group(int pending) {
+  Worker& w = *tls_worker;
+  Fiber& f = *w.running;
+  if (pending < 0) {  // wait_all: commit the open group, then wait for everything
+    cp_async_commit_group();
+    pending = 0;
+  }
+  std::vector<PendingCopy>& copies = w.pending_copies[f.linear];
+  const int complete_below = f.committed_copy_groups - pending;
+  size_t kept = 0;
+  for (const PendingCopy& copy : copies) {
+    if (copy.group < complete_below) {
+      std::memcpy(copy.destination, copy.data, copy.bytes);
+    } else {
+      copies[kept++] = copy;
+    }
+  }
+  copies.resize(kept);
+}
 
 }  // namespace pylibnn::emulation

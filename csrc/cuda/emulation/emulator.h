@@ -105,7 +105,7 @@ extern thread_local ThreadCoordinates current;
 
 void sync_threads(const char* file, int line);
 
-enum class WarpOp : int { Sync, Shuffle, ShuffleUp, ShuffleDown, ShuffleXor, Ballot, Any, All };
+enum class WarpOp : int { Sync, Shuffle, ShuffleUp, ShuffleDown, ShuffleXor, Ballot, Any, All, Exchange };
 // A warp collective: every lane named in `mask` must call it (same op, same mask). For
 // shuffles `value` is the lane's 8-byte slot and `argument` the lane / delta / xor mask; for
 // votes `value` is the predicate. Returns the lane's result slot.
@@ -120,5 +120,28 @@ void* shared_variable(const void* site, size_t bytes, size_t alignment, int floa
 // The block's dynamic shared memory (the launch's dynamic_shared_bytes), poisoned like a
 // shared variable of bytes.
 void* dynamic_shared_memory();
+
+// ---- Tensor-core and asynchronous-copy instructions (used through csrc/cuda/ptx.h) ----
+// Each is what the PTX ISA documents; the GPU check compares them with the real instructions.
+
+enum class MmaInput : int { BF16, F16, TF32 };
+// mma.sync.aligned.{m16n8k16 (bf16, f16), m16n8k8 (tf32)}.row.col.f32: a warp-wide
+// D (16 x 8) = A (16 x K) B (K x 8) + C, every lane passing its fragments (a: 4 registers,
+// b: 2, c and d: 4 floats) in the PTX ISA's layout. Products are summed in float32 in k
+// order onto C (tf32 inputs keep their top 19 bits).
+void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
+              int line);
+// ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: lanes 8i .. 8i+7 give the row
+// addresses (16-byte aligned, in shared memory) of matrix i; each lane receives one 32-bit
+// register per matrix.
+void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row_address, const char* file,
+              int line);
+// cp.async.{ca,cg}.shared.global [shared], [global], copy_bytes (4, 8 or 16), source_bytes (the
+// rest zero-filled). The source is read now; the copy lands in shared memory only when a
+// cp.async.wait_group / wait_all covers its group, so a missing wait reads what was there.
+void cp_async(void* shared, const void* global, int copy_bytes, int source_bytes, const char* file, int line);
+void cp_async_commit_group();
+// Completes every committed group but the `pending` most recent (wait_all: -1, everything).
+void cp_async_wait_group(int pending);
 
 }  // namespace pylibnn::emulation
