@@ -5,6 +5,8 @@
 #
 # Steps (each under `timeout`, all within a ~8 minute budget; a step never stops the script):
 #   env     GPU, torch, nvcc and ninja as found
+#   layouts the emulated PTX twins (mma.sync, ldmatrix, cp.async) against the GPU's instructions
+#           (tests/emulated_kernels/ptx_golden.cu, built by nvcc and by the host compiler)
 #   build   TORCH_CUDA_ARCH_LIST=9.0 PYLIBNN_CUDA=1 python setup.py build_ext --inplace
 #           (fallback: pip install --no-build-isolation --no-deps --no-index -e .)
 #   import  pylibnn.build_info(): CUDA kernels compiled in and a GPU visible
@@ -124,6 +126,36 @@ else
 fi
 "$PYTHON" -c "import ninja" >/dev/null 2>&1 && NINJA_NOTE="$NINJA_NOTE; python ninja module present"
 log "ninja: $NINJA_NOTE"
+
+# ---------------------------------------------------------------- layouts
+# First the emulator's reading of the PTX ISA against the GPU: tests/emulated_kernels/
+# ptx_golden.cu built by nvcc and by the host compiler (against the emulator) runs the same
+# mma.sync / ldmatrix / cp.async checks on both; every check must pass on both and their raw
+# outputs must agree byte for byte. A DIFFER means the emulated layout is wrong: fix the
+# emulator (csrc/cuda/emulation/emulator.cpp) and the kernels together.
+LAYOUT_DIR="$OUT_DIR/.layouts"
+mkdir -p "$LAYOUT_DIR"
+CUDA_INCLUDE=""
+for d in "$(dirname "${NVCC:-/nonexistent/nvcc}")/../include" "${CUDA_HOME:-/nonexistent}/include" /usr/local/cuda/include; do
+  if [ -f "$d/crt/host_defines.h" ]; then CUDA_INCLUDE="$(cd "$d" && pwd)"; break; fi
+done
+LAYOUT_ARCH="$(echo "${TORCH_CUDA_ARCH_LIST%%;*}" | tr -d '.' | sed 's/+PTX//')"
+if [ -z "$NVCC" ] || [ -z "$CUDA_INCLUDE" ]; then
+  STEP_RC=""; STEP_SECS=0
+  record layouts WARN "not run: $( [ -z "$NVCC" ] && echo 'no nvcc' || echo 'no CUDA include dir with crt/host_defines.h')"
+else
+  run_step layouts 120 bash -c "set -e
+    '$NVCC' -std=c++17 -O1 -arch=sm_$LAYOUT_ARCH -Icsrc -Itests/emulated_kernels tests/emulated_kernels/ptx_golden.cu \
+      -o '$LAYOUT_DIR/golden_gpu'
+    ${CXX:-c++} -x c++ -std=c++17 -O1 -Wno-unknown-pragmas -Icsrc -Itests/emulated_kernels -I'$CUDA_INCLUDE' \
+      tests/emulated_kernels/ptx_golden.cu -x none csrc/cuda/emulation/emulator.cpp -lpthread -o '$LAYOUT_DIR/golden_emulated'
+    '$LAYOUT_DIR/golden_gpu' '$LAYOUT_DIR/gpu.bin'
+    '$LAYOUT_DIR/golden_emulated' '$LAYOUT_DIR/emulated.bin' --compare '$LAYOUT_DIR/gpu.bin'"
+  case "$STEP_RC" in
+    0) record layouts PASS "mma.sync, ldmatrix, cp.async: emulated = GPU ($(grep -c '^MATCH' "$STEP_OUT") checks match)" ;;
+    *) record layouts "$(status_of "$STEP_RC")" "emulated vs GPU: $(first_line '^(FAIL|DIFFER)|error' || true)" ;;
+  esac
+fi
 
 # ---------------------------------------------------------------- build
 BUILD_OK=0

@@ -23,6 +23,7 @@
 #include "check_kernels.h"
 #include "cuda/launch.h"
 #include "cuda/ptx.h"
+#include "ptx_checks.h"
 #include "mlp_layout.h"
 
 namespace emulation = pylibnn::emulation;
@@ -177,202 +178,42 @@ __global__ void racy_kernel(int* out) {
   out[threadIdx.x] = slot[(threadIdx.x + 1) % 64];
 }
 
-// ---- The PTX twins (csrc/cuda/ptx.h), each against the PTX ISA's description written out
-// again here, and ldmatrix feeding mma as a tensor-core GEMM does.
-
-uint16_t float_to_bf16(float v) {  // exact for the small integers used here
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  return static_cast<uint16_t>(bits >> 16);
-}
-uint16_t float_to_f16(float v) {  // exact for small integers: |v| < 2048
-  if (v == 0.0f) return 0;
-  const uint16_t sign = v < 0 ? 0x8000 : 0;
-  float m = std::fabs(v);
-  int e = 0;
-  while (m >= 2.0f) m /= 2.0f, ++e;
-  while (m < 1.0f) m *= 2.0f, --e;
-  return static_cast<uint16_t>(sign | ((e + 15) << 10) | static_cast<uint16_t>((m - 1.0f) * 1024.0f));
-}
-uint32_t pack(uint16_t low, uint16_t high) { return static_cast<uint32_t>(low) | static_cast<uint32_t>(high) << 16; }
-
-enum class MmaKind { BF16, F16, TF32 };
-
-// One warp: fragments of A (16 x K, row-major floats), B (K x 8, row-major) and C built by
-// the documented formulas, one mma, D stored by the documented formula.
-template <MmaKind Kind>
-__global__ void mma_kernel(const float* A, const float* B, const float* C, float* D) {
-  constexpr int K = Kind == MmaKind::TF32 ? 8 : 16;
-  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
-  uint32_t a[4], b[2];
-  const auto h = [](float v) { return Kind == MmaKind::BF16 ? float_to_bf16(v) : float_to_f16(v); };
-  const auto f32 = [](float v) { uint32_t bits; std::memcpy(&bits, &v, 4); return bits; };
-  if (Kind == MmaKind::TF32) {
-    a[0] = f32(A[g * K + t]), a[1] = f32(A[(g + 8) * K + t]), a[2] = f32(A[g * K + t + 4]), a[3] = f32(A[(g + 8) * K + t + 4]);
-    b[0] = f32(B[t * 8 + g]), b[1] = f32(B[(t + 4) * 8 + g]);
-  } else {
-    a[0] = pack(h(A[g * K + 2 * t]), h(A[g * K + 2 * t + 1]));
-    a[1] = pack(h(A[(g + 8) * K + 2 * t]), h(A[(g + 8) * K + 2 * t + 1]));
-    a[2] = pack(h(A[g * K + 2 * t + 8]), h(A[g * K + 2 * t + 9]));
-    a[3] = pack(h(A[(g + 8) * K + 2 * t + 8]), h(A[(g + 8) * K + 2 * t + 9]));
-    b[0] = pack(h(B[(2 * t) * 8 + g]), h(B[(2 * t + 1) * 8 + g]));
-    b[1] = pack(h(B[(2 * t + 8) * 8 + g]), h(B[(2 * t + 9) * 8 + g]));
-  }
-  const float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
-  float d[4];
-  if (Kind == MmaKind::BF16) ptx::mma_m16n8k16_bf16(d, a, b, c);
-  if (Kind == MmaKind::F16) ptx::mma_m16n8k16_f16(d, a, b, c);
-  if (Kind == MmaKind::TF32) ptx::mma_m16n8k8_tf32(d, a, b, c);
-  D[g * 8 + 2 * t] = d[0], D[g * 8 + 2 * t + 1] = d[1], D[(g + 8) * 8 + 2 * t] = d[2], D[(g + 8) * 8 + 2 * t + 1] = d[3];
-}
-
-template <MmaKind Kind>
-std::string check_mma() {
-  constexpr int K = Kind == MmaKind::TF32 ? 8 : 16;
-  std::vector<float> A(16 * K), B(K * 8), C(16 * 8), D(16 * 8);
-  for (size_t i = 0; i < A.size(); ++i) A[i] = static_cast<float>(static_cast<int>(i * 7 % 9) - 4);
-  for (size_t i = 0; i < B.size(); ++i) B[i] = static_cast<float>(static_cast<int>(i * 5 % 7) - 3);
-  for (size_t i = 0; i < C.size(); ++i) C[i] = static_cast<float>(static_cast<int>(i % 5)) * 0.5f;
-  launch<mma_kernel<Kind>>(LaunchConfig{dim3(1), dim3(32)}, A.data(), B.data(), C.data(), D.data());
-  for (int m = 0; m < 16; ++m) {
-    for (int n = 0; n < 8; ++n) {
-      float expected = C[m * 8 + n];
-      for (int k = 0; k < K; ++k) expected += A[m * K + k] * B[k * 8 + n];
-      if (D[m * 8 + n] != expected) {
-        return "D(" + std::to_string(m) + ", " + std::to_string(n) + ") = " + std::to_string(D[m * 8 + n]) +
-               ", expected " + std::to_string(expected);
-      }
-    }
-  }
-  return "";
-}
-
-// Matrix i of four 8x8 (16-bit) holds value 64 i + 8 r + c at row r, column c.
-template <int Matrices, bool Transpose>
-__global__ void ldmatrix_kernel(uint32_t* out) {
-  PYLIBNN_SHARED(uint16_t, tiles, [4][8][8]);
-  for (int e = threadIdx.x; e < 256; e += 32) tiles[e / 64][e / 8 % 8][e % 8] = static_cast<uint16_t>(e);
-  __syncthreads();
-  const int lane = threadIdx.x;
-  const void* row = &tiles[(lane / 8) % Matrices][lane % 8][0];
-  uint32_t r[Matrices];
-  if constexpr (Matrices == 1) Transpose ? ptx::ldmatrix_x1_trans(r, row) : ptx::ldmatrix_x1(r, row);
-  if constexpr (Matrices == 2) Transpose ? ptx::ldmatrix_x2_trans(r, row) : ptx::ldmatrix_x2(r, row);
-  if constexpr (Matrices == 4) Transpose ? ptx::ldmatrix_x4_trans(r, row) : ptx::ldmatrix_x4(r, row);
-  for (int i = 0; i < Matrices; ++i) out[lane * 4 + i] = r[i];
-}
-
-template <int Matrices, bool Transpose>
-std::string check_ldmatrix() {
-  std::vector<uint32_t> out(32 * 4, 0);
-  launch<ldmatrix_kernel<Matrices, Transpose>>(LaunchConfig{dim3(1), dim3(32)}, out.data());
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int i = 0; i < Matrices; ++i) {
-      const int r = lane / 4, c = 2 * (lane % 4);
-      const uint32_t expected = Transpose ? pack(64 * i + 8 * c + r, 64 * i + 8 * (c + 1) + r)
-                                          : pack(64 * i + 8 * r + c, 64 * i + 8 * r + c + 1);
-      if (out[lane * 4 + i] != expected) return "lane " + std::to_string(lane) + " matrix " + std::to_string(i);
-    }
-  }
-  return "";
-}
-
-// D (16 x 8) = X (16 x 16, row-major bf16) W^T, W (8 x 16, row-major): the A fragment by
-// ldmatrix_x4 of X, the B fragment (B = W^T is "col") by ldmatrix_x2 of W, as a GEMM does.
-__global__ void ldmatrix_mma_kernel(const uint16_t* X, const uint16_t* W, float* D) {
-  PYLIBNN_SHARED(uint16_t, xs, [16][16]);
-  PYLIBNN_SHARED(uint16_t, ws, [8][16]);
-  for (int e = threadIdx.x; e < 256; e += 32) xs[e / 16][e % 16] = X[e];
-  for (int e = threadIdx.x; e < 128; e += 32) ws[e / 16][e % 16] = W[e];
-  __syncthreads();
-  const int lane = threadIdx.x;
-  uint32_t a[4], b[2];
-  ptx::ldmatrix_x4(a, &xs[lane % 16][lane / 16 * 8]);
-  ptx::ldmatrix_x2(b, &ws[lane % 8][(lane / 8) % 2 * 8]);
-  const float c[4] = {0, 0, 0, 0};
-  float d[4];
-  ptx::mma_m16n8k16_bf16(d, a, b, c);
-  const int g = lane / 4, t = lane % 4;
-  D[g * 8 + 2 * t] = d[0], D[g * 8 + 2 * t + 1] = d[1], D[(g + 8) * 8 + 2 * t] = d[2], D[(g + 8) * 8 + 2 * t + 1] = d[3];
-}
-
-std::string check_ldmatrix_feeds_mma() {
-  std::vector<uint16_t> X(256), W(128);
-  std::vector<float> xf(256), wf(128), D(128);
-  for (int i = 0; i < 256; ++i) xf[i] = static_cast<float>(i * 3 % 11 - 5), X[i] = float_to_bf16(xf[i]);
-  for (int i = 0; i < 128; ++i) wf[i] = static_cast<float>(i * 7 % 5 - 2), W[i] = float_to_bf16(wf[i]);
-  launch<ldmatrix_mma_kernel>(LaunchConfig{dim3(1), dim3(32)}, X.data(), W.data(), D.data());
-  for (int m = 0; m < 16; ++m) {
-    for (int n = 0; n < 8; ++n) {
-      float expected = 0;
-      for (int k = 0; k < 16; ++k) expected += xf[m * 16 + k] * wf[n * 16 + k];
-      if (D[m * 8 + n] != expected) return "D(" + std::to_string(m) + ", " + std::to_string(n) + ") wrong";
-    }
-  }
-  return "";
-}
-
-// Group 0 copies src[0..64), group 1 src[64..128) (its second half zero-filled); snapshots of
-// shared memory: before any wait, after wait_group<1> (group 0 landed) and after wait_all.
-__global__ void cp_async_kernel(const float* src, float* snapshots) {
-  PYLIBNN_SHARED(float, buffer, [128]);
-  const int t = threadIdx.x;  // 16 threads, 4 floats each per group
-  for (int i = t; i < 128; i += 16) buffer[i] = -1.0f;
-  __syncthreads();
-  ptx::cp_async_16(&buffer[4 * t], &src[4 * t]);
-  ptx::cp_async_commit();
-  ptx::cp_async_16(&buffer[64 + 4 * t], &src[64 + 4 * t], t < 8 ? 16 : 8);
-  ptx::cp_async_commit();
-  __syncthreads();  // a barrier does not complete asynchronous copies
-  for (int i = t; i < 128; i += 16) snapshots[i] = buffer[i];
-  __syncthreads();  // every snapshot is taken before anyone's wait lands its copies
-  ptx::cp_async_wait<1>();
-  __syncthreads();
-  for (int i = t; i < 128; i += 16) snapshots[128 + i] = buffer[i];
-  __syncthreads();
-  ptx::cp_async_wait_all();
-  __syncthreads();
-  for (int i = t; i < 128; i += 16) snapshots[256 + i] = buffer[i];
-}
-
-std::string check_cp_async() {
-  std::vector<float> src(128), snapshots(3 * 128);
-  for (int i = 0; i < 128; ++i) src[i] = static_cast<float>(i + 1);
-  launch<cp_async_kernel>(LaunchConfig{dim3(1), dim3(16)}, src.data(), snapshots.data());
-  for (int i = 0; i < 128; ++i) {
-    const bool zero_filled = i >= 64 && (i - 64) / 4 >= 8 && (i - 64) % 4 >= 2;
-    const float landed = zero_filled ? 0.0f : src[i];
-    if (snapshots[i] != -1.0f) return "a copy landed before any wait, at " + std::to_string(i);
-    if (snapshots[128 + i] != (i < 64 ? landed : -1.0f)) return "wait_group<1> wrong at " + std::to_string(i);
-    if (snapshots[256 + i] != landed) return "wait_all wrong at " + std::to_string(i);
-  }
-  return "";
-}
-
 __global__ void ldmatrix_from_global_kernel(const uint16_t* global) {
   uint32_t r[1];
   ptx::ldmatrix_x1(r, global + 8 * (threadIdx.x % 8));
 }
 
+// A cp.async whose wait is missing: the emulator never lands it, so the read sees the old data.
+__global__ void cp_async_without_wait_kernel(const float* src, float* out) {
+  PYLIBNN_SHARED_ALIGNED(16, float, buffer, [4]);
+  buffer[threadIdx.x] = -1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) ptx::cp_async_16(&buffer[0], src);
+  ptx::cp_async_commit();
+  __syncthreads();
+  out[threadIdx.x] = buffer[threadIdx.x];
+}
+
 void selftest() {
-  run_case("mma.sync m16n8k16 bf16", check_mma<MmaKind::BF16>);
-  run_case("mma.sync m16n8k16 f16", check_mma<MmaKind::F16>);
-  run_case("mma.sync m16n8k8 tf32", check_mma<MmaKind::TF32>);
-  run_case("ldmatrix x1", check_ldmatrix<1, false>);
-  run_case("ldmatrix x2", check_ldmatrix<2, false>);
-  run_case("ldmatrix x4", check_ldmatrix<4, false>);
-  run_case("ldmatrix x1.trans", check_ldmatrix<1, true>);
-  run_case("ldmatrix x2.trans", check_ldmatrix<2, true>);
-  run_case("ldmatrix x4.trans", check_ldmatrix<4, true>);
-  run_case("ldmatrix feeds mma (A row-major, B = W^T)", check_ldmatrix_feeds_mma);
-  run_case("cp.async lands at wait_group / wait_all, zero-fill", check_cp_async);
+  {
+    ptx_checks::EmulatedDevice device;
+    for (const ptx_checks::CheckResult& check : ptx_checks::run_ptx_checks(device)) {
+      report(check.problem.empty(), check.name, check.problem);
+    }
+  }
+  run_case("cp.async without a wait leaves shared memory as it was", [] {
+    std::vector<float> src = {1, 2, 3, 4}, out(4);
+    launch<cp_async_without_wait_kernel>(LaunchConfig{dim3(1), dim3(4)}, src.data(), out.data());
+    return out == std::vector<float>(4, -1.0f) ? std::string() : std::string("the copy landed without a wait");
+  });
   expect_error("ldmatrix from global memory", {"not a 16-byte aligned shared-memory address"}, [] {
     std::vector<uint16_t> global(64);
     launch<ldmatrix_from_global_kernel>(LaunchConfig{dim3(1), dim3(32)}, global.data());
   });
   expect_error("mma.sync in a partial warp", {"needs all 32 lanes"}, [] {
     std::vector<float> m(256);
-    launch<mma_kernel<MmaKind::BF16>>(LaunchConfig{dim3(1), dim3(16)}, m.data(), m.data(), m.data(), m.data());
+    launch<ptx_checks::mma_kernel<ptx_checks::MmaKind::BF16>>(LaunchConfig{dim3(1), dim3(16)}, m.data(), m.data(),
+                                                                m.data(), m.data());
   });
   run_case("warp collectives (shfl, up, down/width 16, xor, ballot, any, all, half-warp mask)", check_warp_collectives);
   expect_error("divergent barriers", {"different __syncthreads", "divergent_barrier_kernel", "check_kernels.cpp:"},

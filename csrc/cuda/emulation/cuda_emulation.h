@@ -86,9 +86,9 @@ constexpr int floating_bytes() {
   }
 }
 
-template <typename T>
+template <typename T, size_t Alignment = alignof(T)>
 T* shared_array(const void* site, const char* name) {
-  return static_cast<T*>(shared_variable(site, sizeof(T), alignof(T), floating_bytes<T>(), name));
+  return static_cast<T*>(shared_variable(site, sizeof(T), Alignment, floating_bytes<T>(), name));
 }
 
 template <typename T>
