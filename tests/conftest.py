@@ -145,14 +145,14 @@ def cpu_isa(request):
 @pytest.fixture(autouse=True)
 def _emulated_cuda_backend(request):
     """Runs a test on the EMULATED_CUDA device inside the dispatch mode that routes pylibnn's
-    ops to the emulated CUDA backend (built on first use; skipped, saying why, if it cannot be
-    built)."""
+    ops to the emulated CUDA backend (built on first use; skipped, saying why, on a machine
+    without CUDA's host headers; a build error fails the test)."""
     if request.node.get_closest_marker("emulated_cuda_backend") is None:
         yield
         return
     try:
         mode = cuda_emulation.EmulatedCuda()
-    except RuntimeError as error:
+    except cuda_emulation.EmulationUnavailable as error:
         pytest.skip(str(error))
     with mode:
         yield

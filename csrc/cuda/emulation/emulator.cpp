@@ -283,6 +283,7 @@ struct Worker {
   bool raised_invalid = false;  // a fiber of the block raised FE_INVALID (strict mode)
 
   std::vector<std::vector<PendingCopy>> pending_copies;  // per fiber, in issue order
+  std::vector<int> order;  // the resume order of the current round
 
   unsigned char* arena = nullptr;
   size_t arena_used = 0;  // bytes handed out, dynamic region included
@@ -530,7 +531,8 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
   w.raised_invalid = false;
   if (launch.strict) std::feclearexcept(FE_INVALID);
 
-  std::vector<int> order(n);
+  std::vector<int>& order = w.order;
+  order.resize(n);
   uint64_t round = 0;
   for (;;) {
     make_order(order, launch.order, launch.seed, block_linear, round++);
