@@ -12,7 +12,8 @@ from typing import List, Optional
 
 import torch
 from torch import nn
-from torch.jit import is_scripting, is_tracing
+from torch._C import _get_tracing_state
+from torch.jit import is_scripting
 
 from . import ops
 from .functional import ACTIVATION_MODULES, activation_name, exporting_to_onnx, linear, linear_in_torch, rows_of
@@ -82,9 +83,7 @@ class MLP(nn.Module):
         if is_scripting():
             # Compiled instead of the eager path below (see forward_for_script).
             return self.forward_for_script(input)
-        if type(input) is not torch.Tensor and not isinstance(input, torch.Tensor):
-            raise TypeError(f"pylibnn.MLP: expected input to be a Tensor, but got {type(input).__name__}")
-        if is_tracing():
+        if _get_tracing_state() is not None:  # torch.jit.is_tracing() without its Python frame
             # torch.jit.trace (and the ONNX exporter with dynamo=False, which traces) cannot
             # record mlp_forward: its tracer has no form for a Tensor?[] argument. A traced
             # MLP runs its layers one by one on pylibnn's single-layer ops instead.
@@ -96,6 +95,8 @@ class MLP(nn.Module):
         biases = [layer._parameters["bias"] for layer in layers]
         if type(input) is torch.Tensor and input.dim() == 2:
             return _mlp_forward(input, weights, biases, self._activation, False)[0]
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"pylibnn.MLP: expected input to be a Tensor, but got {type(input).__name__}")
         if exporting_to_onnx():  # fake tensors: see pylibnn/onnx_export.py
             return self.forward_layer_by_layer(input, linear_in_torch)
         if input.dim() < 1:
