@@ -40,4 +40,4 @@ sanitize: $(VENV)/.deps-installed
 	PYTHON=$(VPY) bash scripts/sanitize.sh
 
 clean:
-	rm -rf build pylibnn/_C*.so *.egg-info
+	rm -rf build pylibnn/_C*.so pylibnn/_build_config.py *.egg-info

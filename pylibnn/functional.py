@@ -30,8 +30,9 @@ ACTIVATION_MODULES = {
 
 
 def exporting_to_onnx():
-    """True while ``torch.onnx.export`` (dynamo=True) captures a model: its tensors are fake
-    then, so the callers ask only on their paths for tensors that are not plain ones."""
+    """True while ``torch.onnx.export`` runs. Its default (dynamo) capture runs the model on
+    fake tensors, so callers ask only when the input is not a plain tensor: the eager fast
+    path pays nothing for the question (see pylibnn/onnx_export.py)."""
     return torch.onnx.is_in_onnx_export()
 
 

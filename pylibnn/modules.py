@@ -96,6 +96,8 @@ def convert(module, inplace=False):
         module = copy.deepcopy(module)
     if _is_replaceable(module):
         return Linear.from_linear(module)
+    if isinstance(module, MLP):
+        return module
     replacements = {}
     visited = set()
 

@@ -114,6 +114,7 @@ def test_convert_leaves_mlp_layers_alone():
     converted = pylibnn.convert(nn.Sequential(mlp, nn.Linear(3, 3)))
     assert type(converted[1]) is pylibnn.Linear
     assert all(type(m) is nn.Linear for m in converted[0].layers)
+    assert all(type(m) is nn.Linear for m in pylibnn.convert(mlp).layers)
 
 
 def test_unconvert_rejects_non_modules_and_keeps_custom_subclasses():
