@@ -153,6 +153,8 @@ def linear(input, weight, bias=None, activation=None):
         _check_ranks(input, weight, bias)
         if type(input) is not torch.Tensor and exporting_to_onnx():
             return linear_in_torch(input, weight, bias, activation)
+        if input.dim() == 2:  # no reshapes (nor Reshape nodes in a traced or exported graph)
+            return _linear_act_forward(input, weight, bias, act, False)[0]
         leading_shape = input.shape[:-1]
         input_2d = input.reshape(math.prod(leading_shape), input.size(-1))
         output = _linear_act_forward(input_2d, weight, bias, act, False)[0]
