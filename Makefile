@@ -8,17 +8,20 @@
 PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
-TORCH_VERSION ?= 2.14.1
+# One home for the torch version: pyproject.toml's build requirement (torch==X.Y.Z).
+TORCH_VERSION ?= $(shell sed -n 's/^requires = .*"torch==\([^"]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: demo test bench build clean sanitize
 
 # The environment: made once, remade when this Makefile changes.
 $(VENV)/.deps-installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest hypothesis "transformers==5.24.0"
+	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest hypothesis "transformers==5.24.0" \
+		onnx onnxscript onnxruntime
 	touch $@
 
-# Compiles pylibnn._C in place (ninja rebuilds only what changed).
+# Compiles pylibnn._C in place. Objects and ninja's state persist in build/ (setup.py), so
+# with nothing changed this compiles nothing; `make clean` removes them.
 build: $(VENV)/.deps-installed
 	$(VPY) -m pip install --quiet --no-build-isolation -e .
 
@@ -37,4 +40,4 @@ sanitize: $(VENV)/.deps-installed
 	PYTHON=$(VPY) bash scripts/sanitize.sh
 
 clean:
-	rm -rf build pylibnn/_C*.so *.egg-info
+	rm -rf build pylibnn/_C*.so pylibnn/_build_config.py *.egg-info

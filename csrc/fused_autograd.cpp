@@ -199,10 +199,21 @@ class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> 
     for (size_t l = 0; l < has_bias.size(); ++l)
       bias_list.push_back(has_bias.get(l) ? std::optional<at::Tensor>(present_biases[next++]) : std::nullopt);
     auto [output, hidden] = call_mlp_forward(input, weights, bias_list, activation, true);
+    // The first weight's values are read only for grad_input (grad_z_0 W_0). Without an
+    // input gradient it is kept outside save_for_backward, as nn.Linear does not save it:
+    // an in-place update between forward and backward (an optimizer step on that layer)
+    // is then no error. The backward still takes it for its shape; a double backward,
+    // which recomputes layer 0 from it, checks its version itself.
+    const bool input_requires_grad = requires_grad(input);
     variable_list saved = {input, hidden};
-    for (const at::Tensor& w : weights) saved.push_back(w);
+    saved.push_back(input_requires_grad ? weights[0] : at::Tensor());
+    for (size_t l = 1; l < weights.size(); ++l) saved.push_back(weights[l]);
     for (const at::Tensor& b : present_biases) saved.push_back(b);
     ctx->save_for_backward(saved);
+    if (!input_requires_grad) {
+      ctx->saved_data["first_weight"] = weights[0];
+      ctx->saved_data["first_weight_version"] = static_cast<int64_t>(weights[0]._version());
+    }
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["has_bias"] = has_bias;
     at::Tensor returned_hidden = save_hidden ? hidden : at::empty({0}, output.options());
@@ -220,13 +231,19 @@ class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> 
     variable_list result(1 + L + present + 3);
     if (!grad_outputs[0].defined()) return result;
     const at::Tensor &input = saved[0], &hidden = saved[1];
-    const std::vector<at::Tensor> weights(saved.begin() + 2, saved.begin() + 2 + L);
+    std::vector<at::Tensor> weights(saved.begin() + 2, saved.begin() + 2 + L);
+    const bool first_weight_unsaved = !weights[0].defined();
+    if (first_weight_unsaved) weights[0] = ctx->saved_data["first_weight"].toTensor();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const Activation act = activation_from_name("pylibnn.mlp_forward", activation);
     const bool input_grad = ctx->needs_input_grad(0);
 
     MlpGradients grads;
     if (at::GradMode::is_enabled()) {
+      TORCH_CHECK(!first_weight_unsaved ||
+                      weights[0]._version() == ctx->saved_data["first_weight_version"].toInt(),
+                  "pylibnn.MLP: the first layer's weight was modified by an inplace operation after the forward; "
+                  "a double backward (create_graph=True) recomputes that layer from it, so call it before the update");
       // create_graph: recompute every layer with differentiable ops, then differentiate.
       std::vector<at::Tensor> layer_inputs = {input}, preactivations;
       int64_t next_bias = 2 + L;

@@ -5,14 +5,42 @@ dimensions of the input are flattened into M for the 2-D ops and restored afterw
 """
 
 import math
+from typing import List, Optional
 
 import torch
+from torch import nn
 
 from . import ops
 
 # The overloads themselves, not the packets: saves resolving them on every call.
 _linear_forward = ops.linear_forward.default
 _linear_act_forward = ops.linear_act_forward.default
+
+
+# The torch module each fused activation equals (csrc/activation.h has the kernels' formulas):
+# MLP's children, what unconvert puts after a fused layer, what ONNX export writes.
+ACTIVATION_MODULES = {
+    "relu": lambda: nn.ReLU(),
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": lambda: nn.SiLU(),
+    "tanh": lambda: nn.Tanh(),
+    "sigmoid": lambda: nn.Sigmoid(),
+}
+
+
+def exporting_to_onnx():
+    """True while ``torch.onnx.export`` runs. Its default (dynamo) capture runs the model on
+    fake tensors, so callers ask only when the input is not a plain tensor: the eager fast
+    path pays nothing for the question (see pylibnn/onnx_export.py)."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def linear_in_torch(input, weight, bias, activation):
+    """What ``linear(input, weight, bias, activation)`` equals, in torch's own ops (what the
+    ONNX exporter records, and writes as Gemm / MatMul + Add and the activation's ops)."""
+    output = torch.nn.functional.linear(input, weight, bias)
+    return output if activation is None else ACTIVATION_MODULES[activation]()(output)
 
 
 def activation_name(activation, where):
@@ -123,6 +151,10 @@ def linear(input, weight, bias=None, activation=None):
     if activation is not None:
         act = activation_name(activation, "pylibnn.linear")
         _check_ranks(input, weight, bias)
+        if type(input) is not torch.Tensor and exporting_to_onnx():
+            return linear_in_torch(input, weight, bias, activation)
+        if input.dim() == 2:  # no reshapes (nor Reshape nodes in a traced or exported graph)
+            return _linear_act_forward(input, weight, bias, act, False)[0]
         leading_shape = input.shape[:-1]
         input_2d = input.reshape(math.prod(leading_shape), input.size(-1))
         output = _linear_act_forward(input_2d, weight, bias, act, False)[0]
@@ -141,7 +173,42 @@ def linear(input, weight, bias=None, activation=None):
         finally:
             failure = None  # no frame -> traceback -> frame cycle left behind
     _check_ranks(input, weight, bias)
+    if type(input) is not torch.Tensor and exporting_to_onnx():
+        return linear_in_torch(input, weight, bias, None)
     leading_shape = input.shape[:-1]
     # An explicit row count, not -1: reshape cannot infer it when K == 0.
     output = _linear_forward(input.reshape(math.prod(leading_shape), input.size(-1)), weight, bias)
     return output.reshape(*leading_shape, weight.size(0))
+
+
+def rows_of(input: torch.Tensor, where: str) -> int:
+    """The M of a (*, K) input: the product of its leading sizes (TorchScript-compatible)."""
+    if input.dim() < 1:
+        raise RuntimeError(f"{where}: expected input to have at least 1 dimension (*, K), but got a 0-D tensor")
+    rows = 1
+    for size in input.shape[:-1]:
+        rows *= size
+    return rows
+
+
+def linear_for_script(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      activation: str) -> torch.Tensor:
+    """``linear`` as TorchScript compiles it (``activation`` is the op's name, "none" for None).
+
+    ``linear`` itself is shaped for eager speed (a try/except around the op, math.prod),
+    which TorchScript cannot compile; this is the same computation on the same ops. Types
+    are TorchScript's to check; the ops check everything else.
+    """
+    if input.dim() == 2:  # no reshapes: the common case, and the simplest graph to export
+        return _linear_2d_for_script(input, weight, bias, activation)
+    output_shape: List[int] = list(input.shape[:-1])
+    output_shape.append(weight.size(0))
+    input_2d = input.reshape(rows_of(input, "pylibnn.linear"), input.size(-1))
+    return _linear_2d_for_script(input_2d, weight, bias, activation).reshape(output_shape)
+
+
+def _linear_2d_for_script(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          activation: str) -> torch.Tensor:
+    if activation == "none":
+        return torch.ops.pylibnn.linear_forward(input, weight, bias)
+    return torch.ops.pylibnn.linear_act_forward(input, weight, bias, activation, False)[0]

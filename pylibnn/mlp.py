@@ -8,24 +8,17 @@ autograd node and a thread hand-off per Linear and per activation), not in arith
 
 import copy
 import math
+from typing import List, Optional
 
 import torch
 from torch import nn
+from torch._C import _get_tracing_state
+from torch.jit import is_scripting
 
 from . import ops
-from .functional import activation_name
+from .functional import ACTIVATION_MODULES, activation_name, exporting_to_onnx, linear, linear_in_torch, rows_of
 
 _mlp_forward = ops.mlp_forward.default
-
-# The torch modules an MLP's activation stands for, and back.
-_ACTIVATION_MODULES = {
-    "relu": lambda: nn.ReLU(),
-    "gelu": lambda: nn.GELU(),
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "silu": lambda: nn.SiLU(),
-    "tanh": lambda: nn.Tanh(),
-    "sigmoid": lambda: nn.Sigmoid(),
-}
 
 
 def _activation_of_module(module):
@@ -53,7 +46,15 @@ class MLP(nn.Module):
 
     activation: None, "relu", "gelu", "gelu_tanh", "silu", "tanh" or "sigmoid".
     Input (*, in) -> output (*, out).
+
+    Its repr names it ``pylibnn.MLP(...)``. ``torch.jit.script`` compiles it (the scripted
+    module runs the same fused op).
     """
+
+    # TorchScript compiles a module's properties; this one is eager-only (forward_for_script
+    # gathers the layers itself).
+    __jit_unused_properties__ = ["layers"]
+    __jit_ignored_attributes__ = ["forward_layer_by_layer"]
 
     def __init__(self, sizes, activation="relu", bias=True, device=None, dtype=None):
         super().__init__()
@@ -70,7 +71,7 @@ class MLP(nn.Module):
             self.add_module(str(index), nn.Linear(fan_in, fan_out, bias=bias, device=device, dtype=dtype))
             index += 1
             if activation is not None and layer < len(sizes) - 2:
-                self.add_module(str(index), _ACTIVATION_MODULES[activation]())
+                self.add_module(str(index), ACTIVATION_MODULES[activation]())
                 index += 1
 
     @property
@@ -79,13 +80,25 @@ class MLP(nn.Module):
         return [m for m in self._modules.values() if isinstance(m, nn.Linear)]
 
     def forward(self, input):
+        if is_scripting():
+            # Compiled instead of the eager path below (see forward_for_script).
+            return self.forward_for_script(input)
+        if _get_tracing_state() is not None:  # torch.jit.is_tracing() without its Python frame
+            # torch.jit.trace (and the ONNX exporter with dynamo=False, which traces) cannot
+            # record mlp_forward: its tracer has no form for a Tensor?[] argument. A traced
+            # MLP runs its layers one by one on pylibnn's single-layer ops instead.
+            return self.forward_layer_by_layer(input)
         layers = self.layers
         # _parameters directly: nn.Module.__getattr__ costs about as much as the whole op
         # for the tutorial's network.
         weights = [layer._parameters["weight"] for layer in layers]
         biases = [layer._parameters["bias"] for layer in layers]
-        if input.dim() == 2:
+        if type(input) is torch.Tensor and input.dim() == 2:
             return _mlp_forward(input, weights, biases, self._activation, False)[0]
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"pylibnn.MLP: expected input to be a Tensor, but got {type(input).__name__}")
+        if exporting_to_onnx():  # fake tensors: see pylibnn/onnx_export.py
+            return self.forward_layer_by_layer(input, linear_in_torch)
         if input.dim() < 1:
             raise RuntimeError("pylibnn.MLP: expected input to have at least 1 dimension (*, in), but got a 0-D tensor")
         leading_shape = input.shape[:-1]
@@ -93,6 +106,38 @@ class MLP(nn.Module):
         input_2d = input.reshape(math.prod(leading_shape), input.size(-1))
         output = _mlp_forward(input_2d, weights, biases, self._activation, False)[0]
         return output.reshape(*leading_shape, output.size(-1))
+
+    def forward_layer_by_layer(self, input, layer_function=linear):
+        """What ``forward`` computes, one ``layer_function(x, weight, bias, activation)`` per
+        layer (``pylibnn.linear`` by default; the activation on every layer but the last)."""
+        layers = self.layers
+        output = input
+        for index, layer in enumerate(layers):
+            activation = self.activation if index < len(layers) - 1 else None
+            output = layer_function(output, layer.weight, layer.bias, activation)
+        return output
+
+    def forward_for_script(self, input: torch.Tensor) -> torch.Tensor:
+        """``forward`` as TorchScript compiles it: the same op on the same parameters, gathered
+        in a form TorchScript can compile (it unrolls the loop over the children; ``hasattr``
+        is decided per child at compile time: the nn.Linear layers have a weight, the
+        activation modules none)."""
+        weights: List[torch.Tensor] = []
+        biases: List[Optional[torch.Tensor]] = []
+        for module in self.children():
+            if hasattr(module, "weight"):
+                weights.append(module.weight)
+                biases.append(module.bias)
+        if input.dim() == 2:
+            return torch.ops.pylibnn.mlp_forward(input, weights, biases, self._activation, False)[0]
+        output_shape: List[int] = list(input.shape[:-1])
+        input_2d = input.reshape(rows_of(input, "pylibnn.MLP"), input.size(-1))
+        output = torch.ops.pylibnn.mlp_forward(input_2d, weights, biases, self._activation, False)[0]
+        output_shape.append(output.size(-1))
+        return output.reshape(output_shape)
+
+    def _get_name(self):
+        return "pylibnn.MLP"
 
     def __getitem__(self, index):
         return list(self._modules.values())[index]

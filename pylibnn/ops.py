@@ -16,9 +16,42 @@ Ops (schemas in csrc/pylibnn.cpp):
 Activations: ACTIVATIONS below; their formulas are in csrc/activation.h.
 """
 
+import sys
+from pathlib import Path
+
 import torch
 
-from . import _C
+
+def check_torch_version(built_version, running_version, source_dir):
+    """ImportError unless the running torch is the one ``_C`` was compiled against.
+
+    A C++ extension links against one torch build's libraries and symbols; loaded beside
+    another it fails with a linker message (an undefined symbol, a missing libc10_cuda.so)
+    that names neither version. setup.py records the version in pylibnn/_build_config.py,
+    which loads whatever torch is installed.
+    """
+    if built_version == running_version:
+        return
+    package_dir = Path(__file__).resolve().parent
+    source = Path(source_dir)
+    # An editable install runs from the source tree itself; a wheel from site-packages.
+    editable = source in package_dir.parents
+    target = f"-e {source}" if editable else (str(source) if source.is_dir() else "<pylibnn's source directory>")
+    raise ImportError(
+        f"pylibnn was built against torch {built_version}, but torch {running_version} is installed; "
+        f"its compiled kernels (pylibnn._C) load only with the torch they were built against. Rebuild "
+        f"pylibnn against the installed torch:\n"
+        f"    {sys.executable} -m pip install --no-build-isolation --force-reinstall --no-deps {target}")
+
+
+try:
+    from . import _build_config
+except ImportError as error:
+    raise ImportError("pylibnn/_build_config.py is missing: this pylibnn was not built by its setup.py "
+                      "(pip install --no-build-isolation .)") from error
+check_torch_version(_build_config.TORCH_VERSION, torch.__version__, _build_config.SOURCE_DIR)
+
+from . import _C  # noqa: E402  (only once the torch version is known to fit)
 
 linear_forward = torch.ops.pylibnn.linear_forward
 linear_backward = torch.ops.pylibnn.linear_backward

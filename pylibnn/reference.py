@@ -10,16 +10,21 @@ the scratch network's values.
 The tutorial's next step adds activation functions between the layers: ``ScratchNet``
 with ``activation=torch.relu`` (say) and ``pylibnn_mlp(activation="relu")`` are that
 non-linear network and its fused pylibnn twin (``python -m pylibnn`` trains both).
+
+``train_side_by_side`` trains the scratch network (the correctness reference), the pylibnn
+network and the same network on torch's ``nn.Linear`` layers (what pylibnn replaces, the
+timing peer) from the same initial weights, interleaved step by step.
 """
 
 import statistics
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .mlp import MLP
-from .modules import Linear
+from .modules import Linear, unconvert
 
 # The tutorial's data: y = (2x, 3x).
 X = torch.tensor([[1], [2], [3], [4]], dtype=torch.float32)  # (4, 1)
@@ -83,22 +88,28 @@ def mse(y, y_predicted):
     return ((y_predicted - y) ** 2).mean()
 
 
-def train(model, parameters, x, y, lr=LEARNING_RATE, iterations=ITERATIONS, step_seconds=None):
-    """The tutorial's loop: forward, MSE, zero_grad, backward, SGD step. Returns every loss.
+def train_in_lockstep(runs, x, y, lr=LEARNING_RATE, iterations=ITERATIONS):
+    """The tutorial's loop (forward, MSE, zero_grad, backward, SGD step) for several networks
+    at once: each iteration takes one step of each, in an order that rotates, so that all of
+    them are timed under the same machine state (interleaved, not one run after another).
 
-    step_seconds: a list that receives the wall time of each step."""
-    optimizer = torch.optim.SGD(parameters, lr=lr)
-    losses = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        loss = mse(y, model(x))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step_seconds is not None:
-            step_seconds.append(time.perf_counter() - start)
-    return losses
+    runs: a list of (model, parameters). Returns (losses, step_seconds): per run, every
+    loss, and the wall time of every step."""
+    optimizers = [torch.optim.SGD(parameters, lr=lr) for _, parameters in runs]
+    losses = [[] for _ in runs]
+    step_seconds = [[] for _ in runs]
+    for iteration in range(iterations):
+        for offset in range(len(runs)):
+            index = (iteration + offset) % len(runs)
+            model, optimizer = runs[index][0], optimizers[index]
+            start = time.perf_counter()
+            loss = mse(y, model(x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[index].append(loss.item())
+            step_seconds[index].append(time.perf_counter() - start)
+    return losses, step_seconds
 
 
 # activation name (pylibnn) -> the scratch network's pure-torch function
@@ -106,17 +117,29 @@ SCRATCH_ACTIVATIONS = {None: None, "relu": torch.relu, "tanh": torch.tanh, "sigm
                        "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu}
 
 
-def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS, model="linear", activation=None,
-               timings=None):
-    """Trains the scratch network and its pylibnn twin from the same initial weights.
+class TrainingRuns(NamedTuple):
+    """Three networks trained side by side from the same initial weights (train_side_by_side)."""
+
+    reference_losses: list  # the scratch network: the correctness reference
+    pylibnn_losses: list
+    torch_losses: list  # the same network on torch's nn.Linear layers: what pylibnn replaces
+    reference_net: ScratchNet
+    pylibnn_net: nn.Module
+    torch_net: nn.Sequential
+    seconds_per_step: dict  # "reference", "pylibnn", "torch" -> median seconds per step
+
+
+def train_side_by_side(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS, model="linear",
+                       activation=None):
+    """Trains the scratch network, its pylibnn twin and its torch twin from the same weights.
 
     model: "linear" (pylibnn.Linear layers; activation must be None) or "mlp" (one
-    pylibnn.MLP with ``activation`` between the layers, the scratch network likewise).
-    timings: a dict that receives each run's median seconds per step ("reference", "pylibnn").
-    Returns (reference_losses, pylibnn_losses, reference_net, pylibnn_net).
+    pylibnn.MLP with ``activation`` between the layers, the scratch network likewise). The
+    torch twin is ``pylibnn.unconvert`` of the pylibnn network: nn.Linear layers (and the
+    activation modules) in an nn.Sequential, computing with torch's own kernels.
     """
     if model not in ("linear", "mlp") or (model == "linear" and activation is not None):
-        raise ValueError(f"train_both: model {model!r} with activation {activation!r}")
+        raise ValueError(f"train_side_by_side: model {model!r} with activation {activation!r}")
     generator = torch.Generator().manual_seed(seed)
     scratch = ScratchNet(X.shape[1], 3, Y.shape[1], generator=generator, dtype=dtype,
                          activation=SCRATCH_ACTIVATIONS[activation])
@@ -128,11 +151,12 @@ def train_both(seed=0, device="cpu", dtype=torch.float32, iterations=ITERATIONS,
     else:
         net = pylibnn_mlp(X.shape[1], 3, Y.shape[1], activation=activation, device=device, dtype=dtype)
     net = copy_weights(scratch, net)
+    torch_net = unconvert(net)  # a copy: its own parameters, equal values
     x, y = X.to(device, dtype), Y.to(device, dtype)
-    reference_steps, pylibnn_steps = [], []
-    reference_losses = train(scratch, scratch.parameters(), x, y, iterations=iterations, step_seconds=reference_steps)
-    pylibnn_losses = train(net, net.parameters(), x, y, iterations=iterations, step_seconds=pylibnn_steps)
-    if timings is not None and iterations > 0:
-        timings["reference"] = statistics.median(reference_steps)
-        timings["pylibnn"] = statistics.median(pylibnn_steps)
-    return reference_losses, pylibnn_losses, scratch, net
+    losses, step_seconds = train_in_lockstep(
+        [(scratch, scratch.parameters()), (net, net.parameters()), (torch_net, torch_net.parameters())],
+        x, y, iterations=iterations)
+    seconds = {}
+    if iterations > 0:
+        seconds = {name: statistics.median(s) for name, s in zip(("reference", "pylibnn", "torch"), step_seconds)}
+    return TrainingRuns(*losses, scratch, net, torch_net, seconds)

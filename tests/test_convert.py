@@ -28,7 +28,7 @@ def test_from_linear_shares_parameters(bias):
     new = pylibnn.Linear.from_linear(layer)
     assert type(new) is pylibnn.Linear and not new.training
     assert new.weight is layer.weight and new.bias is layer.bias
-    assert (new.in_features, new.out_features) == (4, 3) and repr(new) == repr(layer)
+    assert (new.in_features, new.out_features) == (4, 3) and repr(new) == "pylibnn." + repr(layer)
     assert type(layer) is nn.Linear  # the original is left as it was
     x = make_tensor((2, 4), torch.float64, "cpu", 1)
     torch.testing.assert_close(new(x.float()), layer(x.float()))

@@ -1,4 +1,4 @@
-"""pylibnn.Linear against torch.nn.Linear: init, state_dict both ways, repr, kwargs, forward."""
+"""pylibnn.Linear against torch.nn.Linear: init, state_dict both ways, repr (under pylibnn's name), kwargs, forward."""
 
 import pytest
 import torch
@@ -72,8 +72,9 @@ def test_state_dict_mismatch_is_rejected():
 
 @pytest.mark.parametrize("args", LAYER_ARGS)
 def test_repr_and_extra_repr_match(args):
+    # nn.Linear's repr under pylibnn's name, so a printed model shows which layers are pylibnn's.
     ours, theirs = _pair(*args)
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "pylibnn." + repr(theirs)
     assert ours.extra_repr() == theirs.extra_repr()
 
 

@@ -1,6 +1,7 @@
-"""The tutorial's training run: pylibnn's network against the pure-torch reference network,
-and the ``python -m pylibnn`` main job."""
+"""The tutorial's training run: pylibnn's network (and the nn.Linear network the demo times it
+against) against the pure-torch reference network, and the ``python -m pylibnn`` main job."""
 
+import re
 import subprocess
 import sys
 
@@ -15,18 +16,25 @@ SEEDS = [0, 1, 2, 3, 4]
 
 
 def _test_losses_match_reference(device, seed, dtype):
-    ref_losses, our_losses, scratch, net = reference.train_both(seed=seed, device=device, dtype=dtype)
-    assert len(ref_losses) == len(our_losses) == reference.ITERATIONS
-    for epoch, (ref, ours) in enumerate(zip(ref_losses, our_losses), start=1):
-        assert abs(ours - ref) <= TUTORIAL_RTOL * abs(ref), (
-            f"seed {seed}, epoch {epoch}: pylibnn loss {ours!r} vs reference {ref!r}")
-    # The run really trains (a run that never updates would also "agree" at epoch 1 only).
-    assert our_losses[-1] < 0.5 * our_losses[0]
-    # And the two networks end with the same parameters (scratch stores w as (in, out)).
-    pairs = [(scratch.w1, scratch.b1), (scratch.w2, scratch.b2), (scratch.w_out, scratch.b_out)]
-    for layer, (w, b) in zip(net, pairs):
-        torch.testing.assert_close(layer.weight.detach(), w.detach().t(), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(layer.bias.detach(), b.detach(), rtol=1e-4, atol=1e-5)
+    # The pylibnn network, and the nn.Linear network the demo times it against, both trained
+    # beside the scratch network.
+    runs = reference.train_side_by_side(seed=seed, device=device, dtype=dtype)
+    assert type(runs.torch_net) is torch.nn.Sequential
+    assert [type(m) for m in runs.torch_net] == [torch.nn.Linear] * 3
+    for name, losses, net in (("pylibnn", runs.pylibnn_losses, runs.pylibnn_net),
+                              ("nn.Linear", runs.torch_losses, runs.torch_net)):
+        assert len(losses) == len(runs.reference_losses) == reference.ITERATIONS
+        for epoch, (ref, ours) in enumerate(zip(runs.reference_losses, losses), start=1):
+            assert abs(ours - ref) <= TUTORIAL_RTOL * abs(ref), (
+                f"seed {seed}, epoch {epoch}: {name} loss {ours!r} vs reference {ref!r}")
+        # The run really trains (a run that never updates would also "agree" at epoch 1 only).
+        assert losses[-1] < 0.5 * losses[0]
+        # And the networks end with the same parameters (scratch stores w as (in, out)).
+        scratch = runs.reference_net
+        pairs = [(scratch.w1, scratch.b1), (scratch.w2, scratch.b2), (scratch.w_out, scratch.b_out)]
+        for layer, (w, b) in zip(net, pairs):
+            torch.testing.assert_close(layer.weight.detach(), w.detach().t(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(layer.bias.detach(), b.detach(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")])
@@ -70,7 +78,13 @@ def test_main_job_exits_zero_and_prints_the_table(device):
         for row in rows:
             ref, ours = float(row[1]), float(row[2])
             assert abs(ours - ref) <= TUTORIAL_RTOL * abs(ref) + 1e-8, row  # +1e-8: the table prints 8 decimals
-    assert result.stdout.count("time per training step") == 3
+    # Each timing line names both sides and says which way the ratio goes.
+    timings = [line for line in lines if line.startswith("time per training step")]
+    assert len(timings) == 3, result.stdout
+    for line, peer in zip(timings, ["nn.Sequential of nn.Linear layers"] * 2
+                          + ["nn.Sequential of nn.Linear and nn.ReLU layers"]):
+        assert f"pylibnn " in line and f", {peer} " in line, line
+        assert re.search(rf": pylibnn \d+\.\d\dx (faster|slower) than {peer}$", line), line
     assert "OK" in result.stdout
 
 
@@ -80,3 +94,9 @@ def test_main_job_rejects_cuda_without_cuda_kernels():
     result = subprocess.run([sys.executable, "-m", "pylibnn", "--device", "cuda"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
+
+
+def test_speed_comparison_names_the_direction():
+    from pylibnn.__main__ import speed_comparison
+    assert speed_comparison(1.0, 1.31, "nn.Sequential") == "pylibnn 1.31x faster than nn.Sequential"
+    assert speed_comparison(2.0, 1.0, "nn.Sequential") == "pylibnn 2.00x slower than nn.Sequential"
