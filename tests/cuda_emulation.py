@@ -118,7 +118,8 @@ def load():
 def _same_bits(a, b):
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    return torch.equal(a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8))
+    return torch.equal(a.detach().contiguous().view(-1).view(torch.uint8),
+                       b.detach().contiguous().view(-1).view(torch.uint8))
 
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -149,6 +150,12 @@ class EmulatedCuda(TorchDispatchMode):
         self.orders = orders
         self.compared_calls = compared_calls
         self.calls = 0
+
+    def __exit__(self, *exc):
+        # Direct calls of the emulated ops after the mode get the defaults again.
+        self.module.set_strict(False)
+        self.module.set_fiber_order("forward", 0)
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -166,11 +166,12 @@ def test_each_emulated_op_call_runs_at_two_fiber_orders():
     module.reset_statistics()
     with mode:
         y = pylibnn.linear(x, w)
+        assert module.fiber_order() == "shuffle"  # the second of the two orders
+    assert module.fiber_order() == "forward" and not module.strict()  # the defaults again after the mode
     stats = module.statistics()
     # One GEMM launch per order: 2 x ceil(70 / 64) row tiles x 1 column tile, 256 threads each.
     assert stats["launches"] == 2 and stats["blocks"] == 4 and stats["threads"] == 4 * 256
     assert stats["barriers"] == 4 * 2 * 2  # two barriers per 16-wide k slab, two slabs
-    assert module.fiber_order() == "shuffle"
     torch.testing.assert_close(y, x @ w.T)
 
 

@@ -183,6 +183,33 @@ __global__ void ldmatrix_from_global_kernel(const uint16_t* global) {
   ptx::ldmatrix_x1(r, global + 8 * (threadIdx.x % 8));
 }
 
+// Lanes that exited, and lanes past a partial warp, do not take part in a collective.
+__global__ void exited_lanes_kernel(unsigned* out) {
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x < 32 && lane >= 16) return;
+  __syncwarp();
+  out[threadIdx.x] = __ballot_sync(0xffffffffu, 1) | (__shfl_down_sync(0xffffffffu, lane, 33, 16) << 24);
+}
+
+// Half the warp at ldmatrix, half at mma: both are warp-wide, so this is an error.
+__global__ void mixed_warp_instructions_kernel() {
+  PYLIBNN_SHARED_ALIGNED(16, uint16_t, tile, [32][8]);
+  uint32_t r[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  float c[4] = {0, 0, 0, 0}, d[4];
+  if (threadIdx.x < 16) {
+    ptx::ldmatrix_x4(r, &tile[threadIdx.x][0]);
+  } else {
+    ptx::mma_m16n8k16_bf16(d, r, b, c);
+  }
+}
+
+__global__ void static_and_dynamic_shared_kernel(float* out) {
+  PYLIBNN_SHARED(float, fixed, [8192]);  // 32 KiB
+  PYLIBNN_DYNAMIC_SHARED(float, extra);  // 20 KiB at launch
+  fixed[threadIdx.x] = extra[threadIdx.x] = 1.0f;
+  out[threadIdx.x] = fixed[threadIdx.x] + extra[threadIdx.x];
+}
+
 // A cp.async whose wait is missing: the emulator never lands it, so the read sees the old data.
 __global__ void cp_async_without_wait_kernel(const float* src, float* out) {
   PYLIBNN_SHARED_ALIGNED(16, float, buffer, [4]);
@@ -201,6 +228,31 @@ void selftest() {
       report(check.problem.empty(), check.name, check.problem);
     }
   }
+  run_case("exited lanes and lanes past a partial warp sit out; shuffle deltas use 5 bits", [] {
+    std::vector<unsigned> out(48, 0);
+    launch<exited_lanes_kernel>(LaunchConfig{dim3(1), dim3(48)}, out.data());
+    for (int t = 0; t < 48; ++t) {
+      if (t >= 16 && t < 32) continue;
+      const int lane = t % 32;
+      const unsigned ballot = 0xffffu;  // lanes 0..15 of either warp take part
+      const unsigned shuffled = lane % 16 + 1 < 16 ? lane + 1 : lane;  // delta 33 acts as 1
+      if (out[t] != (ballot | shuffled << 24)) return "thread " + std::to_string(t) + ": " + std::to_string(out[t]);
+    }
+    return std::string();
+  });
+  expect_error("ldmatrix and mma.sync in one warp", {"lanes at different collectives", "mixed_warp_instructions_kernel"},
+               [] { launch<mixed_warp_instructions_kernel>(LaunchConfig{dim3(1), dim3(32)}); });
+  expect_error("static + dynamic shared memory over 48 KiB without the attribute",
+               {"without cudaFuncSetAttribute", "static_and_dynamic_shared_kernel"}, [] {
+                 std::vector<float> out(32);
+                 launch<static_and_dynamic_shared_kernel>(LaunchConfig{dim3(1), dim3(32), 20 * 1024}, out.data());
+               });
+  run_case("static + dynamic shared memory over 48 KiB after the attribute", [] {
+    std::vector<float> out(32);
+    allow_dynamic_shared_memory<static_and_dynamic_shared_kernel>(20 * 1024);
+    launch<static_and_dynamic_shared_kernel>(LaunchConfig{dim3(1), dim3(32), 20 * 1024}, out.data());
+    return out[5] == 2.0f ? std::string() : std::string("wrong sum");
+  });
   run_case("cp.async without a wait leaves shared memory as it was", [] {
     std::vector<float> src = {1, 2, 3, 4}, out(4);
     launch<cp_async_without_wait_kernel>(LaunchConfig{dim3(1), dim3(4)}, src.data(), out.data());

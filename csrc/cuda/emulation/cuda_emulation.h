@@ -71,14 +71,18 @@ T shuffle(WarpOp op, unsigned mask, T value, int argument, int width, const char
   return from_slot<T>(warp_collective(op, mask, to_slot(value), argument, width, file, line));
 }
 
-// Poison of a shared variable: 2, 4 or 8 for an IEEE floating element type (signaling NaN),
-// 0 for anything else (0xA5 bytes). Half-precision types are recognised by name-free size
-// tests: a 2-byte class with a floating conversion.
+// Poison of a shared variable: 2, 4 or 8 for an IEEE floating element type or a CUDA vector
+// of them (signaling NaN), 0 for anything else (0xA5 bytes). Half-precision types are
+// recognised without naming them: a 2-byte class with a floating conversion.
 template <typename T>
 constexpr int floating_bytes() {
   using E = std::remove_cv_t<std::remove_all_extents_t<T>>;
   if constexpr (std::is_floating_point_v<E>) {
     return static_cast<int>(sizeof(E));
+  } else if constexpr (std::is_same_v<E, float2> || std::is_same_v<E, float3> || std::is_same_v<E, float4>) {
+    return 4;
+  } else if constexpr (std::is_same_v<E, double2>) {
+    return 8;
   } else if constexpr (std::is_class_v<E> && sizeof(E) == 2 && std::is_convertible_v<E, float>) {
     return 2;
   } else {

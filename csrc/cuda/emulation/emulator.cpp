@@ -13,6 +13,7 @@
 //     pool (the calling thread included) through an atomic counter.
 #include "cuda/emulation/emulator.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -140,7 +141,7 @@ struct PendingCopy {
 extern "C" void pylibnn_emulation_switch_context(void** save_sp, void* load_sp);
 extern "C" void pylibnn_emulation_fiber_start();
 asm(R"(
-    .text
+    .pushsection .text
     .p2align 4
     .globl pylibnn_emulation_switch_context
     .hidden pylibnn_emulation_switch_context
@@ -172,6 +173,7 @@ pylibnn_emulation_fiber_start:
     callq *%r13
     ud2
     .size pylibnn_emulation_fiber_start, .-pylibnn_emulation_fiber_start
+    .popsection
 )");
 #endif
 
@@ -222,6 +224,7 @@ struct LaunchState {
   FiberOrder order;
   uint64_t seed;
   bool strict;
+  fenv_t environment;  // the launching thread's floating-point environment, for the helpers
   std::atomic<uint64_t> next_block{0};
   std::atomic<bool> failed{false};
   std::mutex error_mutex;
@@ -297,11 +300,7 @@ struct Worker {
     arena = static_cast<unsigned char*>(std::aligned_alloc(4096, kArenaBytes));
     if (arena == nullptr) throw EmulationError("pylibnn CUDA emulation: cannot allocate the shared-memory arena");
   }
-  ~Worker() {
-    if (stacks != nullptr) munmap(stacks, stack_slots * (kStackBytes + page));
-    unpoison(arena, kArenaBytes);
-    std::free(arena);
-  }
+  ~Worker();
 
   void ensure_stacks(size_t count) {
     if (count <= stack_slots) return;
@@ -316,7 +315,12 @@ struct Worker {
     stacks = static_cast<char*>(memory);
     stack_slots = count;
     // A guard page below each stack: an overflow faults instead of corrupting a neighbour.
-    for (size_t i = 0; i < count; ++i) mprotect(stacks + i * (kStackBytes + page), page, PROT_NONE);
+    for (size_t i = 0; i < count; ++i) {
+      if (mprotect(stacks + i * (kStackBytes + page), page, PROT_NONE) != 0) {
+        throw EmulationError("pylibnn CUDA emulation: cannot protect the guard page of a fiber stack (too many "
+                             "mappings? vm.max_map_count)");
+      }
+    }
   }
 
   void fail(const std::string& message) {
@@ -326,6 +330,13 @@ struct Worker {
 };
 
 thread_local Worker* tls_worker = nullptr;
+
+Worker::~Worker() {
+  if (stacks != nullptr) munmap(stacks, stack_slots * (kStackBytes + page));
+  unpoison(arena, kArenaBytes);
+  std::free(arena);
+  if (tls_worker == this) tls_worker = nullptr;
+}
 
 Worker& this_worker() {
   if (tls_worker == nullptr) {
@@ -436,6 +447,118 @@ void make_order(std::vector<int>& order, FiberOrder policy, uint64_t seed, uint6
   for (int i = n - 1; i > 0; --i) std::swap(order[i], order[static_cast<int>(splitmix64(state) % (i + 1))]);
 }
 
+const char* op_name(WarpOp op) {
+  switch (op) {
+    case WarpOp::Sync: return "__syncwarp";
+    case WarpOp::Shuffle: return "__shfl_sync";
+    case WarpOp::ShuffleUp: return "__shfl_up_sync";
+    case WarpOp::ShuffleDown: return "__shfl_down_sync";
+    case WarpOp::ShuffleXor: return "__shfl_xor_sync";
+    case WarpOp::Ballot: return "__ballot_sync";
+    case WarpOp::Any: return "__any_sync";
+    case WarpOp::All: return "__all_sync";
+    case WarpOp::Exchange: return "a warp-wide instruction (mma.sync / ldmatrix)";
+  }
+  return "?";
+}
+
+// Fails the block from inside a fiber: the scheduler abandons it at the switch.
+[[noreturn]] void fail_in_fiber(Worker& w, Fiber& f, const std::string& message) {
+  w.fail(describe_thread(f) + ": " + message);
+  f.state = State::Failed;
+  switch_to_scheduler(w, f, /*exiting=*/true);
+  __builtin_trap();
+}
+
+// The source lane of `lane` for a shuffle, or -1 for "its own value".
+int shuffle_source(WarpOp op, int lane, int argument, int width) {
+  const int segment = lane / width * width;
+  argument &= kWarpSize - 1;  // the instructions use the low 5 bits of the lane / delta / mask
+  switch (op) {
+    case WarpOp::Shuffle: return segment + (argument & (width - 1));
+    case WarpOp::ShuffleUp: return lane - segment >= argument ? lane - argument : lane;
+    case WarpOp::ShuffleDown: return lane - segment + argument < width ? lane + argument : lane;
+    case WarpOp::ShuffleXor: {
+      const int source = lane ^ argument;
+      return source >= segment + width || source >= kWarpSize ? lane : source;
+    }
+    default: return lane;
+  }
+}
+
+enum class Completion { Waiting, Completed, Failed };
+
+std::string hex(uint32_t v) {
+  std::ostringstream s;
+  s << "0x" << std::hex << v;
+  return s.str();
+}
+
+// Completes the warp collective the lanes of `mask` (in the warp starting at warp_base) wait
+// at, if every one of them that exists and has not exited is there (CUDA: "all non-exited
+// threads named in mask"); each gets its result and becomes runnable. Failed (with *error)
+// for lanes at different collectives, or a result read from a lane that does not take part.
+Completion complete_collective(Worker& w, int warp_base, uint32_t mask, std::string* error) {
+  const int n = static_cast<int>(w.fibers.size());
+  uint32_t live = 0;
+  for (int l = 0; l < kWarpSize; ++l) {
+    if ((mask >> l & 1u) && warp_base + l < n && w.fibers[warp_base + l].state != State::Done) live |= 1u << l;
+  }
+  int first = -1;
+  for (int l = 0; l < kWarpSize; ++l) {
+    if (!(live >> l & 1u)) continue;
+    if (w.fibers[warp_base + l].state != State::AtWarp) return Completion::Waiting;
+    if (first < 0) first = l;
+  }
+  if (first < 0) return Completion::Waiting;
+  const Fiber& reference = w.fibers[warp_base + first];
+  const std::string where = std::string(op_name(reference.op)) + " at " + site(reference.file, reference.line);
+  if (reference.op == WarpOp::Exchange && live != 0xffffffffu) {
+    *error = where + ": needs all 32 lanes of the warp (mask " + hex(live) + " of lanes present and not exited)";
+    return Completion::Failed;
+  }
+  uint64_t votes = 0;
+  for (int l = 0; l < kWarpSize; ++l) {
+    if (!(live >> l & 1u)) continue;
+    const Fiber& g = w.fibers[warp_base + l];
+    const bool same_instruction =
+        g.op != WarpOp::Exchange ||
+        (g.argument == reference.argument && g.line == reference.line && std::strcmp(g.file, reference.file) == 0);
+    if (g.op != reference.op || g.mask != reference.mask || g.width != reference.width || !same_instruction) {
+      *error = where + " with mask " + hex(reference.mask) + " (lane " + std::to_string(first) + ") meets lane " +
+               std::to_string(l) + " at " + op_name(g.op) + " (" + site(g.file, g.line) + ") with mask " + hex(g.mask) +
+               ": lanes at different collectives";
+      return Completion::Failed;
+    }
+    if (g.value != 0) votes |= 1ull << l;
+  }
+  for (int l = 0; l < kWarpSize; ++l) {
+    if (!(live >> l & 1u)) continue;
+    Fiber& g = w.fibers[warp_base + l];
+    switch (reference.op) {
+      case WarpOp::Sync: g.result = 0; break;
+      case WarpOp::Ballot: g.result = votes; break;
+      case WarpOp::Any: g.result = votes != 0; break;
+      case WarpOp::All: g.result = votes == live; break;
+      case WarpOp::Exchange: g.result = 0; break;
+      default: {
+        const int source = shuffle_source(reference.op, l, g.argument, g.width);
+        if (!(live >> source & 1u)) {
+          *error = where + ": lane " + std::to_string(l) + " reads lane " + std::to_string(source) +
+                   ", which is not in the mask, has exited or does not exist";
+          return Completion::Failed;
+        }
+        g.result = w.fibers[warp_base + source].value;
+      }
+    }
+  }
+  for (int l = 0; l < kWarpSize; ++l) {
+    if (live >> l & 1u) w.fibers[warp_base + l].state = State::Ready;
+  }
+  ++w.warp_collectives;
+  return Completion::Completed;
+}
+
 // Between rounds, when no fiber is runnable: releases the barrier everyone waits at, or
 // reports why the block cannot go on. Returns false when the block is finished or failed.
 bool resolve_barrier(Worker& w) {
@@ -448,18 +571,26 @@ bool resolve_barrier(Worker& w) {
     if (f.state == State::AtWarp && at_warp == nullptr) at_warp = &f;
   }
   if (at_warp != nullptr) {
-    // Its warp-mates named in the mask are at a barrier, exited, or at another collective.
+    // Lanes that exited after their warp-mates arrived may have completed a collective.
+    for (const Fiber& f : w.fibers) {
+      if (f.state != State::AtWarp) continue;
+      std::string error;
+      const Completion completion = complete_collective(w, f.linear - f.linear % kWarpSize, f.mask, &error);
+      if (completion == Completion::Completed) return true;
+      if (completion == Completion::Failed) {
+        w.fail(describe_thread(f) + ": " + error);
+        return false;
+      }
+    }
+    // Its warp-mates named in the mask are at a barrier, or at another collective.
     const int warp_base = at_warp->linear - at_warp->linear % kWarpSize;
     std::ostringstream s;
     s << "deadlock: " << describe_thread(*at_warp) << " waits at a warp collective (" << site(at_warp->file, at_warp->line)
       << ") with mask 0x" << std::hex << at_warp->mask << std::dec;
     for (int lane = 0; lane < kWarpSize; ++lane) {
       if (!(at_warp->mask >> lane & 1u)) continue;
+      if (warp_base + lane >= static_cast<int>(w.fibers.size())) break;
       const Fiber& g = w.fibers[warp_base + lane];
-      if (g.state == State::Done) {
-        s << "; lane " << lane << " has exited";
-        break;
-      }
       if (g.state == State::AtBarrier) {
         s << "; lane " << lane << " waits at __syncthreads() (" << site(g.file, g.line) << ")";
         break;
@@ -515,6 +646,10 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
   }
   w.arena_used = (dynamic + kRedZone + 127) / 128 * 128;
 
+  // Before the fibers' contexts are made: getcontext saves the status flags with them.
+  w.raised_invalid = false;
+  if (launch.strict) std::feclearexcept(FE_INVALID);
+
   const size_t n = launch.threads_per_block;
   w.ensure_stacks(n);
   w.fibers.resize(n);
@@ -528,8 +663,6 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
                      static_cast<unsigned>(i / (uint64_t(bdim.x) * bdim.y))};
     prepare_fiber(w, f, i);
   }
-  w.raised_invalid = false;
-  if (launch.strict) std::feclearexcept(FE_INVALID);
 
   std::vector<int>& order = w.order;
   order.resize(n);
@@ -553,8 +686,16 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
   }
 }
 
+// Never throws: a failure is recorded in the launch (the caller must always wait for helpers).
 void run_blocks(LaunchState& launch) {
-  Worker& w = this_worker();
+  Worker* worker = nullptr;
+  try {
+    worker = &this_worker();
+  } catch (const std::exception& e) {
+    launch.fail(std::string("kernel ") + launch.name + ": " + e.what());
+    return;
+  }
+  Worker& w = *worker;
   for (;;) {
     if (launch.failed.load(std::memory_order_relaxed)) break;
     const uint64_t block = launch.next_block.fetch_add(1);
@@ -577,13 +718,17 @@ void run_blocks(LaunchState& launch) {
 class Pool {
  public:
   static Pool& instance() {
-    static Pool* pool = new Pool();  // never destroyed: helpers may outlive static destructors
-    return *pool;
+    // Never destroyed: helpers may outlive static destructors. A forked child has none of the
+    // parent's helper threads (and maybe a mutex held by one): it starts a new pool.
+    static const bool at_fork = (pthread_atfork(nullptr, nullptr, [] { pool_ = new Pool(); }), true);
+    (void)at_fork;
+    if (pool_ == nullptr) pool_ = new Pool();
+    return *pool_;
   }
 
   void run(LaunchState& launch) {
     std::lock_guard<std::mutex> launch_lock(launch_mutex_);
-    const int helpers = std::min<int>(worker_threads() - 1, static_cast<int>(launch.total_blocks) - 1);
+    const int helpers = static_cast<int>(std::min<uint64_t>(worker_threads() - 1, launch.total_blocks - 1));
     {
       std::lock_guard<std::mutex> lock(mutex_);
       while (static_cast<int>(threads_.size()) < helpers) {
@@ -612,9 +757,9 @@ class Pool {
         seen = generation_;
         if (index >= active_helpers_) continue;
         job = job_;
-        // Blocks run under the launching thread's floating-point environment.
-        std::fesetenv(&environment_);
       }
+      // Blocks run under the launching thread's floating-point environment.
+      std::fesetenv(&job->environment);
       run_blocks(*job);
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -624,10 +769,8 @@ class Pool {
     }
   }
 
- public:
-  void capture_environment() { std::fegetenv(&environment_); }
-
  private:
+  static inline Pool* pool_ = nullptr;
   std::mutex launch_mutex_;
   std::mutex mutex_;
   std::condition_variable wake_, done_;
@@ -636,7 +779,6 @@ class Pool {
   int active_helpers_ = 0;
   int unfinished_ = 0;
   uint64_t generation_ = 0;
-  fenv_t environment_{};
 };
 
 std::string dims(const dim3& d) {
@@ -757,9 +899,8 @@ void launch(const char* name, const void* kernel, const LaunchShape& shape, Kern
   state.order = fiber_order();
   state.seed = fiber_order_seed();
   state.strict = strict();
-  Pool& pool = Pool::instance();
-  pool.capture_environment();
-  pool.run(state);
+  std::fegetenv(&state.environment);
+  Pool::instance().run(state);
   ++g_stats.launches;
   g_stats.blocks += state.total_blocks;
   g_stats.threads += state.total_blocks * threads;
@@ -777,64 +918,15 @@ void sync_threads(const char* file, int line) {
   switch_to_scheduler(w, f, /*exiting=*/false);
 }
 
-namespace {
-
-const char* op_name(WarpOp op) {
-  switch (op) {
-    case WarpOp::Sync: return "__syncwarp";
-    case WarpOp::Shuffle: return "__shfl_sync";
-    case WarpOp::ShuffleUp: return "__shfl_up_sync";
-    case WarpOp::ShuffleDown: return "__shfl_down_sync";
-    case WarpOp::ShuffleXor: return "__shfl_xor_sync";
-    case WarpOp::Ballot: return "__ballot_sync";
-    case WarpOp::Any: return "__any_sync";
-    case WarpOp::All: return "__all_sync";
-    case WarpOp::Exchange: return "a warp-wide instruction (mma.sync / ldmatrix)";
-  }
-  return "?";
-}
-
-// Fails the block from inside a fiber: the scheduler abandons it at the switch.
-[[noreturn]] void fail_in_fiber(Worker& w, Fiber& f, const std::string& message) {
-  w.fail(describe_thread(f) + ": " + message);
-  f.state = State::Failed;
-  switch_to_scheduler(w, f, /*exiting=*/true);
-  __builtin_trap();
-}
-
-// The source lane of `lane` for a shuffle, or -1 for "its own value".
-int shuffle_source(WarpOp op, int lane, int argument, int width) {
-  const int segment = lane / width * width;
-  switch (op) {
-    case WarpOp::Shuffle: return segment + (argument & (width - 1));
-    case WarpOp::ShuffleUp: return lane - segment >= argument ? lane - argument : lane;
-    case WarpOp::ShuffleDown: return lane - segment + argument < width ? lane + argument : lane;
-    case WarpOp::ShuffleXor: {
-      const int source = lane ^ argument;
-      return source >= segment + width || source >= kWarpSize ? lane : source;
-    }
-    default: return lane;
-  }
-}
-
-}  // namespace
-
 uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int argument, int width, const char* file,
                          int line) {
   Worker& w = *tls_worker;
   Fiber& f = *w.running;
   const int lane = f.linear % kWarpSize;
-  const int warp_base = f.linear - lane;
-  const int n = static_cast<int>(w.fibers.size());
   const std::string where = std::string(op_name(op)) + " at " + site(file, line);
   if (!(mask >> lane & 1u)) fail_in_fiber(w, f, where + ": the mask excludes the calling lane " + std::to_string(lane));
   if (width < 1 || width > kWarpSize || (width & (width - 1)) != 0) {
     fail_in_fiber(w, f, where + ": width " + std::to_string(width) + " is not a power of two in [1, 32]");
-  }
-  for (int l = 0; l < kWarpSize; ++l) {
-    if ((mask >> l & 1u) && warp_base + l >= n) {
-      fail_in_fiber(w, f, where + ": the mask names lane " + std::to_string(l) + ", past the block's last thread");
-    }
   }
   f.state = State::AtWarp;
   f.op = op;
@@ -844,47 +936,8 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int argument,
   f.width = width;
   f.file = file;
   f.line = line;
-
-  bool all_arrived = true;
-  for (int l = 0; l < kWarpSize && all_arrived; ++l) {
-    if (mask >> l & 1u) all_arrived = w.fibers[warp_base + l].state == State::AtWarp;
-  }
-  if (all_arrived) {
-    // The last lane to arrive completes the collective for all of them.
-    uint64_t votes = 0;
-    for (int l = 0; l < kWarpSize; ++l) {
-      if (!(mask >> l & 1u)) continue;
-      const Fiber& g = w.fibers[warp_base + l];
-      if (g.op != op || g.mask != mask || g.width != width) {
-        fail_in_fiber(w, f,
-                      where + " with mask 0x" + [&] { std::ostringstream s; s << std::hex << mask; return s.str(); }() +
-                          " meets lane " + std::to_string(l) + " at " + op_name(g.op) + " (" + site(g.file, g.line) +
-                          ") with another op, mask or width");
-      }
-      if (g.value != 0) votes |= 1ull << l;
-    }
-    for (int l = 0; l < kWarpSize; ++l) {
-      if (!(mask >> l & 1u)) continue;
-      Fiber& g = w.fibers[warp_base + l];
-      switch (op) {
-        case WarpOp::Sync: g.result = 0; break;
-        case WarpOp::Ballot: g.result = votes; break;
-        case WarpOp::Any: g.result = votes != 0; break;
-        case WarpOp::All: g.result = votes == mask; break;
-        case WarpOp::Exchange: g.result = 0; break;
-        default: {
-          const int source = shuffle_source(op, l, g.argument, width);
-          if (!(mask >> source & 1u)) {
-            fail_in_fiber(w, f, where + ": lane " + std::to_string(l) + " reads lane " + std::to_string(source) +
-                                    ", which is not in the mask");
-          }
-          g.result = w.fibers[warp_base + source].value;
-        }
-      }
-      g.state = State::Ready;
-    }
-    ++w.warp_collectives;
-  }
+  std::string error;
+  if (complete_collective(w, f.linear - lane, mask, &error) == Completion::Failed) fail_in_fiber(w, f, error);
   switch_to_scheduler(w, f, /*exiting=*/false);
   return f.result;
 }
@@ -901,8 +954,17 @@ void* shared_variable(const void* site_key, size_t bytes, size_t alignment, int 
     fail_in_fiber(w, *w.running, std::string("static shared memory of ") + std::to_string(w.static_bytes) +
                                      " bytes (with '" + name + "'), over CUDA's 48 KiB limit");
   }
+  // Without a raised limit, static and dynamic shared memory share 48 KiB; with one, the
+  // block's 227 KiB.
+  const size_t dynamic = w.launch->shape.dynamic_shared_bytes;
+  const bool raised = w.launch->dynamic_limit != kDefaultDynamicSharedLimit;
+  if (!raised && w.static_bytes + dynamic > kDefaultDynamicSharedLimit) {
+    fail_in_fiber(w, *w.running, std::string("static (") + std::to_string(w.static_bytes) + " bytes, with '" + name +
+                                     "') and dynamic (" + std::to_string(dynamic) +
+                                     " bytes) shared memory over 48 KiB without cudaFuncSetAttribute");
+  }
   if (offset + bytes + kRedZone > kArenaBytes ||
-      w.static_bytes + w.launch->shape.dynamic_shared_bytes > kMaxSharedPerBlock) {
+      (raised && w.static_bytes + w.launch->dynamic_limit > kMaxSharedPerBlock)) {
     fail_in_fiber(w, *w.running, std::string("shared memory (with '") + name + "') over the " +
                                      std::to_string(kMaxSharedPerBlock) + "-byte limit of a block");
   }
@@ -944,7 +1006,9 @@ struct Exchanged {
   const unsigned char* lane(int l) const { return w->fibers[warp_base + l].exchange[slot]; }
 };
 
-Exchanged warp_exchange(const void* mine, size_t bytes, const std::string& what, const char* file, int line) {
+// `instruction` identifies the instruction (and its variant): lanes must all execute the same one.
+Exchanged warp_exchange(const void* mine, size_t bytes, const std::string& what, int instruction, const char* file,
+                        int line) {
   Worker& w = *tls_worker;
   Fiber& f = *w.running;
   const int warp_base = f.linear - f.linear % kWarpSize;
@@ -954,7 +1018,7 @@ Exchanged warp_exchange(const void* mine, size_t bytes, const std::string& what,
   }
   const uint32_t slot = f.exchange_round & 1u;
   std::memcpy(f.exchange[slot], mine, bytes);
-  warp_collective(WarpOp::Exchange, 0xffffffffu, 0, 0, kWarpSize, file, line);
+  warp_collective(WarpOp::Exchange, 0xffffffffu, 0, instruction, kWarpSize, file, line);
   ++f.exchange_round;
   return Exchanged{&w, warp_base, slot};
 }
@@ -999,7 +1063,7 @@ void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, co
   std::memcpy(mine.a, a, sizeof mine.a);
   std::memcpy(mine.b, b, sizeof mine.b);
   std::memcpy(mine.c, c, sizeof mine.c);
-  const Exchanged all = warp_exchange(&mine, sizeof mine, "mma.sync", file, line);
+  const Exchanged all = warp_exchange(&mine, sizeof mine, "mma.sync", 100 + static_cast<int>(input), file, line);
   const int K = input == MmaInput::TF32 ? 8 : 16;
   float A[16][16], B[16][8], C[16][8];
   const auto half = [&](uint32_t reg, int which) {
@@ -1049,7 +1113,7 @@ void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row
   const std::string what = std::string("ldmatrix.x") + std::to_string(matrices) + (transpose ? ".trans" : "");
   if (matrices != 1 && matrices != 2 && matrices != 4) fail_in_fiber(w, *w.running, what + ": x1, x2 or x4");
   const uintptr_t mine = reinterpret_cast<uintptr_t>(row_address);
-  const Exchanged all = warp_exchange(&mine, sizeof mine, what, file, line);
+  const Exchanged all = warp_exchange(&mine, sizeof mine, what, 200 + 2 * matrices + (transpose ? 1 : 0), file, line);
   const int lane = w.running->linear % kWarpSize;
   const auto row = [&](int i, int r) {
     uintptr_t address;
