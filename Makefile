@@ -16,8 +16,8 @@ TORCH_VERSION ?= $(shell sed -n 's/^requires = .*"torch==\([^"]*\)".*/\1/p' pypr
 # The environment: made once, remade when this Makefile changes.
 $(VENV)/.deps-installed: Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest hypothesis "transformers==5.24.0" \
-		onnx onnxscript onnxruntime
+	$(VPY) -m pip install --quiet "torch==$(TORCH_VERSION)" ninja "setuptools>=64" wheel numpy pytest pytest-xdist \
+		hypothesis "transformers==5.24.0" onnx onnxscript onnxruntime
 	touch $@
 
 # Compiles pylibnn._C in place. Objects and ninja's state persist in build/ (setup.py), so
@@ -28,8 +28,10 @@ build: $(VENV)/.deps-installed
 demo: build
 	$(VPY) -m pylibnn
 
+# One worker per core (at most 4), a test file per worker at a time: the CPU tests and the
+# emulated CUDA tests (tests/cuda_emulation.py) side by side.
 test: build
-	$(VPY) -m pytest
+	$(VPY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 bench: build
 	$(VPY) -m pip install --quiet matplotlib

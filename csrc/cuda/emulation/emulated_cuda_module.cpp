@@ -3,7 +3,8 @@
 // emulator. Its ops live in the `pylibnn_emulated_cuda` library with pylibnn's schemas
 // (op_schemas.h) and take CPU tensors; tests/cuda_emulation.py routes pylibnn's ops to them.
 // Built by the tests (torch.utils.cpp_extension.load), never installed.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
 
 #include "cuda/emulation/emulator.h"
 #include "op_schemas.h"
