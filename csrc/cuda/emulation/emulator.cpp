@@ -70,6 +70,9 @@ constexpr size_t kStackBytes = 512 * 1024;  // ASan's red zones grow every frame
 #else
 constexpr size_t kStackBytes = 128 * 1024;
 #endif
+// The top of a stack that a finished fiber's never-returning frames (fiber_main and the
+// final switch) can occupy.
+constexpr size_t kFinishedFramesBytes = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Settings.
@@ -280,6 +283,7 @@ struct Worker {
   const void* scheduler_stack_bottom = nullptr;
   size_t scheduler_stack_size = 0;
   Fiber* running = nullptr;
+  bool stacks_abandoned = true;  // a block failed (or none ran yet): fibers left frames at any depth
   LaunchState* launch = nullptr;
   uint3 block{};
   bool block_failed = false;
@@ -314,6 +318,7 @@ struct Worker {
     }
     stacks = static_cast<char*>(memory);
     stack_slots = count;
+    stacks_abandoned = true;  // new memory: clear whatever shadow the addresses had
     // A guard page below each stack: an overflow faults instead of corrupting a neighbour.
     for (size_t i = 0; i < count; ++i) {
       if (mprotect(stacks + i * (kStackBytes + page), page, PROT_NONE) != 0) {
@@ -325,6 +330,7 @@ struct Worker {
 
   void fail(const std::string& message) {
     block_failed = true;
+    stacks_abandoned = true;
     launch->fail(describe_block(*launch, block) + ": " + message);
   }
 };
@@ -404,8 +410,11 @@ void prepare_fiber(Worker& w, Fiber& f, size_t slot) {
   f.stack_low = w.stacks + slot * (kStackBytes + w.page) + w.page;
   f.stack_size = kStackBytes;
   f.asan_fake_stack = nullptr;
-  // Frames of an earlier fiber on this stack never returned: clear their ASan red zones.
-  unpoison(f.stack_low, f.stack_size);
+  // The frames under which an earlier fiber finished never returned: clear their ASan red
+  // zones. A finished fiber left only those few at the top; an abandoned one (a failed
+  // block) may have left any depth.
+  const size_t dirty = w.stacks_abandoned ? f.stack_size : std::min(f.stack_size, kFinishedFramesBytes);
+  unpoison(f.stack_low + f.stack_size - dirty, dirty);
 #if defined(PYLIBNN_EMULATION_UCONTEXT)
   getcontext(&f.context);
   f.context.uc_stack.ss_sp = f.stack_low;
@@ -663,6 +672,7 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
                      static_cast<unsigned>(i / (uint64_t(bdim.x) * bdim.y))};
     prepare_fiber(w, f, i);
   }
+  w.stacks_abandoned = false;
 
   std::vector<int>& order = w.order;
   order.resize(n);
@@ -675,7 +685,10 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
       if (f.state != State::Ready) continue;
       resume(w, f);
       ran = true;
-      if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) return;
+      if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
+        w.stacks_abandoned = true;  // this block's fibers stop where they are
+        return;
+      }
     }
     if (ran) continue;
     if (!resolve_barrier(w)) break;
