@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import pylibnn
-from conftest import DEVICES, make_tensor, reference_linear, seed_for
+from conftest import DEVICES, GPU_CUDA, make_tensor, reference_linear, seed_for
 
 LOW_DTYPES = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="f16")]
 FLOAT32_ERROR_FACTOR = 2.0
@@ -114,7 +114,8 @@ def test_autocast_cpu_bfloat16(input_dtype):
 
 @pytest.mark.parametrize("dtype", LOW_DTYPES)
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("device", [p for p in DEVICES if p.id == "cuda"])
+# Autocast's CUDA rules apply to CUDA tensors only: a real GPU, never the emulator's CPU tensors.
+@pytest.mark.parametrize("device", [GPU_CUDA])
 def test_autocast_cuda(device, dtype, input_dtype):
     _test_autocast_matches_f_linear(device, dtype, input_dtype)
 
