@@ -218,7 +218,6 @@ void unpoison(void* p, size_t bytes) {
 // What one launch shares with the workers that run its blocks.
 struct LaunchState {
   const char* name;
-  const void* kernel;
   LaunchShape shape;
   KernelBody body;
   uint64_t threads_per_block;
@@ -521,9 +520,10 @@ Completion complete_collective(Worker& w, int warp_base, uint32_t mask, std::str
   }
   if (first < 0) return Completion::Waiting;
   const Fiber& reference = w.fibers[warp_base + first];
-  const std::string where = std::string(op_name(reference.op)) + " at " + site(reference.file, reference.line);
+  // Messages are built only on failure: collectives sit in kernels' inner loops.
+  const auto where = [&] { return std::string(op_name(reference.op)) + " at " + site(reference.file, reference.line); };
   if (reference.op == WarpOp::Exchange && live != 0xffffffffu) {
-    *error = where + ": needs all 32 lanes of the warp (mask " + hex(live) + " of lanes present and not exited)";
+    *error = where() + ": needs all 32 lanes of the warp (mask " + hex(live) + " of lanes present and not exited)";
     return Completion::Failed;
   }
   uint64_t votes = 0;
@@ -534,7 +534,7 @@ Completion complete_collective(Worker& w, int warp_base, uint32_t mask, std::str
         g.op != WarpOp::Exchange ||
         (g.argument == reference.argument && g.line == reference.line && std::strcmp(g.file, reference.file) == 0);
     if (g.op != reference.op || g.mask != reference.mask || g.width != reference.width || !same_instruction) {
-      *error = where + " with mask " + hex(reference.mask) + " (lane " + std::to_string(first) + ") meets lane " +
+      *error = where() + " with mask " + hex(reference.mask) + " (lane " + std::to_string(first) + ") meets lane " +
                std::to_string(l) + " at " + op_name(g.op) + " (" + site(g.file, g.line) + ") with mask " + hex(g.mask) +
                ": lanes at different collectives";
       return Completion::Failed;
@@ -553,7 +553,7 @@ Completion complete_collective(Worker& w, int warp_base, uint32_t mask, std::str
       default: {
         const int source = shuffle_source(reference.op, l, g.argument, g.width);
         if (!(live >> source & 1u)) {
-          *error = where + ": lane " + std::to_string(l) + " reads lane " + std::to_string(source) +
+          *error = where() + ": lane " + std::to_string(l) + " reads lane " + std::to_string(source) +
                    ", which is not in the mask, has exited or does not exist";
           return Completion::Failed;
         }
@@ -903,7 +903,6 @@ void launch(const char* name, const void* kernel, const LaunchShape& shape, Kern
 
   LaunchState state;
   state.name = name;
-  state.kernel = kernel;
   state.shape = shape;
   state.body = body;
   state.threads_per_block = threads;
@@ -936,10 +935,10 @@ uint64_t warp_collective(WarpOp op, uint32_t mask, uint64_t value, int argument,
   Worker& w = *tls_worker;
   Fiber& f = *w.running;
   const int lane = f.linear % kWarpSize;
-  const std::string where = std::string(op_name(op)) + " at " + site(file, line);
-  if (!(mask >> lane & 1u)) fail_in_fiber(w, f, where + ": the mask excludes the calling lane " + std::to_string(lane));
+  const auto where = [&] { return std::string(op_name(op)) + " at " + site(file, line); };
+  if (!(mask >> lane & 1u)) fail_in_fiber(w, f, where() + ": the mask excludes the calling lane " + std::to_string(lane));
   if (width < 1 || width > kWarpSize || (width & (width - 1)) != 0) {
-    fail_in_fiber(w, f, where + ": width " + std::to_string(width) + " is not a power of two in [1, 32]");
+    fail_in_fiber(w, f, where() + ": width " + std::to_string(width) + " is not a power of two in [1, 32]");
   }
   f.state = State::AtWarp;
   f.op = op;
@@ -1020,13 +1019,13 @@ struct Exchanged {
 };
 
 // `instruction` identifies the instruction (and its variant): lanes must all execute the same one.
-Exchanged warp_exchange(const void* mine, size_t bytes, const std::string& what, int instruction, const char* file,
+Exchanged warp_exchange(const void* mine, size_t bytes, const char* what, int instruction, const char* file,
                         int line) {
   Worker& w = *tls_worker;
   Fiber& f = *w.running;
   const int warp_base = f.linear - f.linear % kWarpSize;
   if (warp_base + kWarpSize > static_cast<int>(w.fibers.size())) {
-    fail_in_fiber(w, f, what + " at " + site(file, line) + ": needs all 32 lanes of the warp, the block has " +
+    fail_in_fiber(w, f, std::string(what) + " at " + site(file, line) + ": needs all 32 lanes of the warp, the block has " +
                             std::to_string(w.fibers.size()) + " threads");
   }
   const uint32_t slot = f.exchange_round & 1u;
@@ -1123,17 +1122,18 @@ void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, co
 void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row_address, const char* file,
               int line) {
   Worker& w = *tls_worker;
-  const std::string what = std::string("ldmatrix.x") + std::to_string(matrices) + (transpose ? ".trans" : "");
-  if (matrices != 1 && matrices != 2 && matrices != 4) fail_in_fiber(w, *w.running, what + ": x1, x2 or x4");
+  const auto what = [&] { return std::string("ldmatrix.x") + std::to_string(matrices) + (transpose ? ".trans" : ""); };
+  if (matrices != 1 && matrices != 2 && matrices != 4) fail_in_fiber(w, *w.running, what() + ": x1, x2 or x4");
   const uintptr_t mine = reinterpret_cast<uintptr_t>(row_address);
-  const Exchanged all = warp_exchange(&mine, sizeof mine, what, 200 + 2 * matrices + (transpose ? 1 : 0), file, line);
+  const Exchanged all = warp_exchange(&mine, sizeof mine, "ldmatrix", 200 + 2 * matrices + (transpose ? 1 : 0), file,
+                                      line);
   const int lane = w.running->linear % kWarpSize;
   const auto row = [&](int i, int r) {
     uintptr_t address;
     std::memcpy(&address, all.lane(8 * i + r), sizeof address);
     const void* p = reinterpret_cast<const void*>(address);
     if (address % 16 != 0 || !in_shared_memory(w, p, 16)) {
-      fail_in_fiber(w, *w.running, what + " at " + site(file, line) + ": lane " + std::to_string(8 * i + r) +
+      fail_in_fiber(w, *w.running, what() + " at " + site(file, line) + ": lane " + std::to_string(8 * i + r) +
                                        "'s row address is not a 16-byte aligned shared-memory address");
     }
     return static_cast<const unsigned char*>(p);
@@ -1153,18 +1153,18 @@ void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row
 void cp_async(void* shared, const void* global, int copy_bytes, int source_bytes, const char* file, int line) {
   Worker& w = *tls_worker;
   Fiber& f = *w.running;
-  const std::string where = "cp.async at " + site(file, line);
+  const auto where = [&] { return "cp.async at " + site(file, line); };
   if (copy_bytes != 4 && copy_bytes != 8 && copy_bytes != 16) {
-    fail_in_fiber(w, f, where + ": copies 4, 8 or 16 bytes, not " + std::to_string(copy_bytes));
+    fail_in_fiber(w, f, where() + ": copies 4, 8 or 16 bytes, not " + std::to_string(copy_bytes));
   }
   if (source_bytes < 0 || source_bytes > copy_bytes) {
-    fail_in_fiber(w, f, where + ": source size " + std::to_string(source_bytes) + " outside [0, copy size]");
+    fail_in_fiber(w, f, where() + ": source size " + std::to_string(source_bytes) + " outside [0, copy size]");
   }
   if (reinterpret_cast<uintptr_t>(shared) % copy_bytes != 0 || !in_shared_memory(w, shared, copy_bytes)) {
-    fail_in_fiber(w, f, where + ": the destination is not an aligned shared-memory address");
+    fail_in_fiber(w, f, where() + ": the destination is not an aligned shared-memory address");
   }
   if (source_bytes > 0 && reinterpret_cast<uintptr_t>(global) % copy_bytes != 0) {
-    fail_in_fiber(w, f, where + ": the source is not aligned to the copy size");
+    fail_in_fiber(w, f, where() + ": the source is not aligned to the copy size");
   }
   PendingCopy copy{};
   copy.destination = static_cast<unsigned char*>(shared);
