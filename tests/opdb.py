@@ -282,17 +282,17 @@ class ErrorInput:
     meta: bool = True
 
 
-def _z(*shape, dtype=torch.float32, device="cpu"):
+def zeros(*shape, dtype=torch.float32, device="cpu"):
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-def _quantized(*shape):
+def quantized(*shape):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.quint8)
 
 
-def _nested():
+def nested():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.nested.nested_tensor([torch.zeros(2, 4), torch.zeros(3, 4)])
@@ -308,29 +308,29 @@ def _kind_errors(op, call):
         return ErrorInput(name, op, lambda d, make=make: call(*make(d)), error, match, meta)
 
     cases = [
-        case("weight-3d", lambda d: (_z(3, 4, device=d), _z(2, 5, 4, device=d)), RE, r"weight.*2-D.*3-D.*\[2, 5, 4\]"),
-        case("int64", lambda d: (_z(3, 4, dtype=torch.int64, device=d), _z(5, 4, dtype=torch.int64, device=d)), NS,
+        case("weight-3d", lambda d: (zeros(3, 4, device=d), zeros(2, 5, 4, device=d)), RE, r"weight.*2-D.*3-D.*\[2, 5, 4\]"),
+        case("int64", lambda d: (zeros(3, 4, dtype=torch.int64, device=d), zeros(5, 4, dtype=torch.int64, device=d)), NS,
              r"input of dtype Long.*not supported"),
-        case("bool", lambda d: (_z(3, 4, dtype=torch.bool, device=d), _z(5, 4, dtype=torch.bool, device=d)), NS,
+        case("bool", lambda d: (zeros(3, 4, dtype=torch.bool, device=d), zeros(5, 4, dtype=torch.bool, device=d)), NS,
              r"input of dtype Bool"),
-        case("complex", lambda d: (_z(3, 4, dtype=torch.cfloat, device=d), _z(5, 4, dtype=torch.cfloat, device=d)), NS,
+        case("complex", lambda d: (zeros(3, 4, dtype=torch.cfloat, device=d), zeros(5, 4, dtype=torch.cfloat, device=d)), NS,
              r"ComplexFloat.*not supported"),
-        case("float8", lambda d: (_z(3, 4, device=d).to(torch.float8_e4m3fn), _z(5, 4, device=d).to(torch.float8_e4m3fn)),
+        case("float8", lambda d: (zeros(3, 4, device=d).to(torch.float8_e4m3fn), zeros(5, 4, device=d).to(torch.float8_e4m3fn)),
              NS, r"input of dtype Float8_e4m3fn is not supported"),
-        case("mixed-f64-f32", lambda d: (_z(3, 4, dtype=torch.double, device=d), _z(5, 4, device=d)), RE,
+        case("mixed-f64-f32", lambda d: (zeros(3, 4, dtype=torch.double, device=d), zeros(5, 4, device=d)), RE,
              r"weight.*to have the dtype of input \(Double\).*Float"),
-        case("mixed-f16-bf16", lambda d: (_z(3, 4, dtype=torch.half, device=d), _z(5, 4, dtype=torch.bfloat16, device=d)),
+        case("mixed-f16-bf16", lambda d: (zeros(3, 4, dtype=torch.half, device=d), zeros(5, 4, dtype=torch.bfloat16, device=d)),
              RE, r"weight.*to have the dtype of input \(Half\).*BFloat16"),
-        case("int-weight", lambda d: (_z(3, 4, device=d), _z(5, 4, dtype=torch.int64, device=d)), NS,
+        case("int-weight", lambda d: (zeros(3, 4, device=d), zeros(5, 4, dtype=torch.int64, device=d)), NS,
              r"weight.* of dtype Long"),
-        case("meta-and-cpu", lambda d: (_z(3, 4, device="meta"), _z(5, 4)), NS, r"mixing meta and cpu.*not supported",
+        case("meta-and-cpu", lambda d: (zeros(3, 4, device="meta"), zeros(5, 4)), NS, r"mixing meta and cpu.*not supported",
              meta=False),
-        case("sparse-coo-input", lambda d: (_z(3, 4).to_sparse(), _z(5, 4)), NS,
+        case("sparse-coo-input", lambda d: (zeros(3, 4).to_sparse(), zeros(5, 4)), NS,
              r"input with layout \S*[Ss]parse(_coo)?\b.*not supported", meta=False),
-        case("sparse-csr-weight", lambda d: (_z(3, 4), _z(5, 4).to_sparse_csr()), NS,
+        case("sparse-csr-weight", lambda d: (zeros(3, 4), zeros(5, 4).to_sparse_csr()), NS,
              r"weight.* with layout \S*[Ss]parse_?[Cc]sr", meta=False),
-        case("quantized-input", lambda d: (_quantized(3, 4), _z(5, 4)), NS, r"quantized input.*not supported", meta=False),
-        case("nested-input", lambda d: (_nested(), _z(5, 4)), NS, r"nested input.*not supported", meta=False),
+        case("quantized-input", lambda d: (quantized(3, 4), zeros(5, 4)), NS, r"quantized input.*not supported", meta=False),
+        case("nested-input", lambda d: (nested(), zeros(5, 4)), NS, r"nested input.*not supported", meta=False),
     ]
     return cases
 
@@ -343,27 +343,27 @@ def _linear_forward_errors(op, extra=()):
         return ErrorInput(name, op, lambda d, make=make: call(*make(d)), error, match, meta)
 
     return _kind_errors(op, call) + [
-        case("weight-0d", lambda d: (_z(3, 4, device=d), torch.tensor(1.0, device=d)), RE, r"weight.*2-D.*0-D"),
-        case("weight-1d", lambda d: (_z(3, 4, device=d), _z(4, device=d)), NS, r"1-D weight.*not supported"),
-        case("input-3d", lambda d: (_z(2, 3, 4, device=d), _z(5, 4, device=d)), RE, r"input to be 2-D"),
-        case("wrong-K", lambda d: (_z(3, 4, device=d), _z(5, 6, device=d)), RE,
+        case("weight-0d", lambda d: (zeros(3, 4, device=d), torch.tensor(1.0, device=d)), RE, r"weight.*2-D.*0-D"),
+        case("weight-1d", lambda d: (zeros(3, 4, device=d), zeros(4, device=d)), NS, r"1-D weight.*not supported"),
+        case("input-3d", lambda d: (zeros(2, 3, 4, device=d), zeros(5, 4, device=d)), RE, r"input to be 2-D"),
+        case("wrong-K", lambda d: (zeros(3, 4, device=d), zeros(5, 6, device=d)), RE,
              r"input.size\(1\).*K = 6.*\[3, 4\].*\[5, 6\]"),
-        case("wrong-K-empty", lambda d: (_z(0, 4, device=d), _z(5, 3, device=d)), RE, r"K = 3"),
-        case("bias-size", lambda d: (_z(3, 4, device=d), _z(5, 4, device=d), _z(4, device=d)), RE,
+        case("wrong-K-empty", lambda d: (zeros(0, 4, device=d), zeros(5, 3, device=d)), RE, r"K = 3"),
+        case("bias-size", lambda d: (zeros(3, 4, device=d), zeros(5, 4, device=d), zeros(4, device=d)), RE,
              r"bias of shape \[5\].*got \[4\]"),
-        case("bias-2d-column", lambda d: (_z(3, 4, device=d), _z(5, 4, device=d), _z(5, 1, device=d)), RE,
+        case("bias-2d-column", lambda d: (zeros(3, 4, device=d), zeros(5, 4, device=d), zeros(5, 1, device=d)), RE,
              r"bias of shape \[5\].*\[5, 1\]"),
-        case("bias-2d-row", lambda d: (_z(3, 4, device=d), _z(5, 4, device=d), _z(1, 5, device=d)), NS,
+        case("bias-2d-row", lambda d: (zeros(3, 4, device=d), zeros(5, 4, device=d), zeros(1, 5, device=d)), NS,
              r"bias of shape \[1, 5\].*not supported"),
-        case("bias-0d", lambda d: (_z(3, 4, device=d), _z(5, 4, device=d), torch.tensor(1.0, device=d)), NS,
+        case("bias-0d", lambda d: (zeros(3, 4, device=d), zeros(5, 4, device=d), torch.tensor(1.0, device=d)), NS,
              r"bias.*not supported"),
-        case("bias-dtype", lambda d: (_z(3, 4, device=d), _z(5, 4, device=d), _z(5, dtype=torch.double, device=d)), RE,
+        case("bias-dtype", lambda d: (zeros(3, 4, device=d), zeros(5, 4, device=d), zeros(5, dtype=torch.double, device=d)), RE,
              r"bias.*dtype of input"),
-        case("bias-f32-for-f16", lambda d: (_z(3, 4, dtype=torch.half, device=d), _z(5, 4, dtype=torch.half, device=d),
-                                            _z(5, device=d)), RE, r"bias to have the dtype of input \(Half\).*Float"),
-        case("sparse-bias", lambda d: (_z(3, 4), _z(5, 4), _z(5).to_sparse()), NS, r"bias with layout \S*[Ss]parse",
+        case("bias-f32-for-f16", lambda d: (zeros(3, 4, dtype=torch.half, device=d), zeros(5, 4, dtype=torch.half, device=d),
+                                            zeros(5, device=d)), RE, r"bias to have the dtype of input \(Half\).*Float"),
+        case("sparse-bias", lambda d: (zeros(3, 4), zeros(5, 4), zeros(5).to_sparse()), NS, r"bias with layout \S*[Ss]parse",
              meta=False),
-        case("cpu-and-meta-bias", lambda d: (_z(3, 4), _z(5, 4), _z(5, device="meta")), NS, r"mixing meta and cpu",
+        case("cpu-and-meta-bias", lambda d: (zeros(3, 4), zeros(5, 4), zeros(5, device="meta")), NS, r"mixing meta and cpu",
              meta=False),
     ]
 
@@ -378,29 +378,29 @@ def _linear_backward_errors(op, preactivation=None, extra=()):
         return ErrorInput(name, op, lambda d, make=make: call(*make(d)), error, match, meta)
 
     return [
-        case("grad-output-shape", lambda d: (_z(3, 6, device=d), _z(3, 4, device=d), _z(5, 4, device=d)), RE,
+        case("grad-output-shape", lambda d: (zeros(3, 6, device=d), zeros(3, 4, device=d), zeros(5, 4, device=d)), RE,
              r"grad_output of shape \[3, 5\].*\[3, 6\]"),
-        case("grad-output-rows", lambda d: (_z(2, 5, device=d), _z(3, 4, device=d), _z(5, 4, device=d)), RE,
+        case("grad-output-rows", lambda d: (zeros(2, 5, device=d), zeros(3, 4, device=d), zeros(5, 4, device=d)), RE,
              r"grad_output of shape \[3, 5\].*\[2, 5\]"),
-        case("grad-output-1d", lambda d: (_z(5, device=d), _z(3, 4, device=d), _z(5, 4, device=d)), RE,
+        case("grad-output-1d", lambda d: (zeros(5, device=d), zeros(3, 4, device=d), zeros(5, 4, device=d)), RE,
              r"grad_output to be 2-D"),
-        case("input-3d", lambda d: (_z(3, 5, device=d), _z(1, 3, 4, device=d), _z(5, 4, device=d)), RE,
+        case("input-3d", lambda d: (zeros(3, 5, device=d), zeros(1, 3, 4, device=d), zeros(5, 4, device=d)), RE,
              r"input to be 2-D"),
-        case("weight-1d", lambda d: (_z(3, 5, device=d), _z(3, 4, device=d), _z(4, device=d)), RE, r"weight to be 2-D"),
-        case("wrong-K", lambda d: (_z(3, 5, device=d), _z(3, 4, device=d), _z(5, 3, device=d)), RE, r"K = 3"),
-        case("mixed-dtype", lambda d: (_z(3, 5, dtype=torch.double, device=d), _z(3, 4, device=d), _z(5, 4, device=d)),
+        case("weight-1d", lambda d: (zeros(3, 5, device=d), zeros(3, 4, device=d), zeros(4, device=d)), RE, r"weight to be 2-D"),
+        case("wrong-K", lambda d: (zeros(3, 5, device=d), zeros(3, 4, device=d), zeros(5, 3, device=d)), RE, r"K = 3"),
+        case("mixed-dtype", lambda d: (zeros(3, 5, dtype=torch.double, device=d), zeros(3, 4, device=d), zeros(5, 4, device=d)),
              RE, r"input to have the dtype of grad_output"),
-        case("weight-dtype", lambda d: (_z(3, 5, device=d), _z(3, 4, device=d), _z(5, 4, dtype=torch.half, device=d)),
+        case("weight-dtype", lambda d: (zeros(3, 5, device=d), zeros(3, 4, device=d), zeros(5, 4, dtype=torch.half, device=d)),
              RE, r"weight to have the dtype of grad_output \(Float\), but got Half"),
-        case("int-grad-output", lambda d: (_z(3, 5, dtype=torch.int32, device=d), _z(3, 4, dtype=torch.int32, device=d),
-                                           _z(5, 4, dtype=torch.int32, device=d)), NS,
+        case("int-grad-output", lambda d: (zeros(3, 5, dtype=torch.int32, device=d), zeros(3, 4, dtype=torch.int32, device=d),
+                                           zeros(5, 4, dtype=torch.int32, device=d)), NS,
              r"grad_output of dtype Int is not supported"),
-        case("complex", lambda d: (_z(3, 5, dtype=torch.cfloat, device=d), _z(3, 4, dtype=torch.cfloat, device=d),
-                                   _z(5, 4, dtype=torch.cfloat, device=d)), NS, r"ComplexFloat is not supported"),
-        case("sparse-grad-output", lambda d: (_z(3, 5).to_sparse(), _z(3, 4), _z(5, 4)), NS,
+        case("complex", lambda d: (zeros(3, 5, dtype=torch.cfloat, device=d), zeros(3, 4, dtype=torch.cfloat, device=d),
+                                   zeros(5, 4, dtype=torch.cfloat, device=d)), NS, r"ComplexFloat is not supported"),
+        case("sparse-grad-output", lambda d: (zeros(3, 5).to_sparse(), zeros(3, 4), zeros(5, 4)), NS,
              r"grad_output with layout \S*[Ss]parse", meta=False),
-        case("quantized-input", lambda d: (_z(3, 5), _quantized(3, 4), _z(5, 4)), NS, r"quantized input", meta=False),
-        case("meta-and-cpu", lambda d: (_z(3, 5, device="meta"), _z(3, 4), _z(5, 4)), NS, r"mixing meta and cpu",
+        case("quantized-input", lambda d: (zeros(3, 5), quantized(3, 4), zeros(5, 4)), NS, r"quantized input", meta=False),
+        case("meta-and-cpu", lambda d: (zeros(3, 5, device="meta"), zeros(3, 4), zeros(5, 4)), NS, r"mixing meta and cpu",
              meta=False),
     ]
 
@@ -409,9 +409,9 @@ def _linear_act_errors():
     forward = _linear_forward_errors("linear_act_forward", extra=("relu", False))
     backward = _linear_backward_errors("linear_act_backward", preactivation=lambda gy: torch.zeros_like(gy),
                                        extra=("relu",))
-    x = lambda d: _z(2, 3, device=d)  # noqa: E731
-    w = lambda d: _z(4, 3, device=d)  # noqa: E731
-    gy = lambda d: _z(2, 4, device=d)  # noqa: E731
+    x = lambda d: zeros(2, 3, device=d)  # noqa: E731
+    w = lambda d: zeros(4, 3, device=d)  # noqa: E731
+    gy = lambda d: zeros(2, 4, device=d)  # noqa: E731
     mask = [True, True, True]
     return forward + backward + [
         ErrorInput("activation-name", "linear_act_forward", lambda d: (x(d), w(d), None, "elu", False), VE,
@@ -421,20 +421,20 @@ def _linear_act_errors():
         ErrorInput("activation-empty", "linear_act_backward", lambda d: (gy(d), x(d), w(d), gy(d), "", mask), VE,
                    r"expected activation to be one of"),
         ErrorInput("preactivation-shape", "linear_act_backward",
-                   lambda d: (gy(d), x(d), w(d), _z(4, 2, device=d), "relu", mask), RE,
+                   lambda d: (gy(d), x(d), w(d), zeros(4, 2, device=d), "relu", mask), RE,
                    r"expected preactivation of shape \[2, 4\] \(the shape of grad_output\), but got \[4, 2\]"),
         ErrorInput("preactivation-dtype", "linear_act_backward",
-                   lambda d: (gy(d), x(d), w(d), _z(2, 4, dtype=torch.double, device=d), "relu", mask), RE,
+                   lambda d: (gy(d), x(d), w(d), zeros(2, 4, dtype=torch.double, device=d), "relu", mask), RE,
                    r"expected preactivation to have the dtype of grad_output"),
         ErrorInput("preactivation-int", "linear_act_backward",
-                   lambda d: (gy(d), x(d), w(d), _z(2, 4, dtype=torch.int64, device=d), "relu", mask), NS,
+                   lambda d: (gy(d), x(d), w(d), zeros(2, 4, dtype=torch.int64, device=d), "relu", mask), NS,
                    r"preactivation of dtype Long is not supported"),
     ]
 
 
 def _mlp_errors():
-    x = lambda d: _z(4, 3, device=d)  # noqa: E731
-    ws = lambda d: [_z(5, 3, device=d), _z(2, 5, device=d)]  # noqa: E731
+    x = lambda d: zeros(4, 3, device=d)  # noqa: E731
+    ws = lambda d: [zeros(5, 3, device=d), zeros(2, 5, device=d)]  # noqa: E731
     nob = [None, None]
 
     def fwd(name, make, error, match, meta=True):
@@ -442,42 +442,42 @@ def _mlp_errors():
 
     def hidden(d, act="relu", M=4):
         rows, cols = ops.mlp_hidden_shape(M, [5, 2], act)
-        return _z(rows, cols, device=d)
+        return zeros(rows, cols, device=d)
 
     def bwd(name, make, error, match, meta=True):
         return ErrorInput(name, "mlp_backward", make, error, match, meta)
 
-    gy = lambda d: _z(4, 2, device=d)  # noqa: E731
+    gy = lambda d: zeros(4, 2, device=d)  # noqa: E731
     return [
         fwd("no-weights", lambda d: (x(d), [], [], "relu", False), RE, r"expected at least one weight"),
-        fwd("chain", lambda d: (x(d), [_z(5, 3, device=d), _z(2, 4, device=d)], nob, "relu", False), RE,
+        fwd("chain", lambda d: (x(d), [zeros(5, 3, device=d), zeros(2, 4, device=d)], nob, "relu", False), RE,
             r"expected weights\[1\].size\(1\) to equal the previous layer's width \(5\)"),
-        fwd("first-width", lambda d: (_z(4, 2, device=d), ws(d), nob, "relu", False), RE,
+        fwd("first-width", lambda d: (zeros(4, 2, device=d), ws(d), nob, "relu", False), RE,
             r"expected weights\[0\].size\(1\) to equal input.size\(1\) \(2\)"),
         fwd("bias-count", lambda d: (x(d), ws(d), [None], "relu", False), RE, r"expected one bias entry"),
-        fwd("bias-shape", lambda d: (x(d), ws(d), [None, _z(5, device=d)], "relu", False), RE,
+        fwd("bias-shape", lambda d: (x(d), ws(d), [None, zeros(5, device=d)], "relu", False), RE,
             r"expected biases\[1\] of shape \[2\]"),
-        fwd("weight-dtype", lambda d: (x(d), [_z(5, 3, device=d), _z(2, 5, dtype=torch.double, device=d)], nob, "relu",
+        fwd("weight-dtype", lambda d: (x(d), [zeros(5, 3, device=d), zeros(2, 5, dtype=torch.double, device=d)], nob, "relu",
                                        False), RE, r"expected weights\[1\] to have the dtype"),
-        fwd("weight-int", lambda d: (x(d), [_z(5, 3, dtype=torch.int64, device=d), _z(2, 5, device=d)], nob, "relu",
+        fwd("weight-int", lambda d: (x(d), [zeros(5, 3, dtype=torch.int64, device=d), zeros(2, 5, device=d)], nob, "relu",
                                      False), NS, r"weights\[0\] of dtype Long is not supported"),
-        fwd("weight-1d", lambda d: (x(d), [_z(5, 3, device=d), _z(5, device=d)], nob, "relu", False), RE,
+        fwd("weight-1d", lambda d: (x(d), [zeros(5, 3, device=d), zeros(5, device=d)], nob, "relu", False), RE,
             r"expected weights\[1\] to be 2-D"),
-        fwd("input-3d", lambda d: (_z(1, 4, 3, device=d), ws(d), nob, "relu", False), RE, r"expected input to be 2-D"),
-        fwd("input-int", lambda d: (_z(4, 3, dtype=torch.int32, device=d), ws(d), nob, "relu", False), NS,
+        fwd("input-3d", lambda d: (zeros(1, 4, 3, device=d), ws(d), nob, "relu", False), RE, r"expected input to be 2-D"),
+        fwd("input-int", lambda d: (zeros(4, 3, dtype=torch.int32, device=d), ws(d), nob, "relu", False), NS,
             r"input of dtype Int is not supported"),
         fwd("activation", lambda d: (x(d), ws(d), nob, "swish", False), VE, r"expected activation to be one of"),
-        fwd("sparse-input", lambda d: (_z(4, 3).to_sparse(), ws("cpu"), nob, "relu", False), NS,
+        fwd("sparse-input", lambda d: (zeros(4, 3).to_sparse(), ws("cpu"), nob, "relu", False), NS,
             r"input with layout \S*[Ss]parse", meta=False),
-        fwd("nested-input", lambda d: (_nested(), [_z(5, 4), _z(2, 5)], nob, "relu", False), NS,
+        fwd("nested-input", lambda d: (nested(), [zeros(5, 4), zeros(2, 5)], nob, "relu", False), NS,
             r"nested input.*not supported", meta=False),
-        fwd("meta-and-cpu", lambda d: (_z(4, 3, device="meta"), ws("cpu"), nob, "relu", False), NS,
+        fwd("meta-and-cpu", lambda d: (zeros(4, 3, device="meta"), ws("cpu"), nob, "relu", False), NS,
             r"mixing meta and cpu", meta=False),
         bwd("hidden-width", lambda d: (gy(d), x(d), ws(d), hidden(d)[:, :-1], "relu", [False, False], True), RE,
             r"expected hidden to be the contiguous \[8, 32\] tensor saved by mlp_forward"),
         bwd("hidden-of-none", lambda d: (gy(d), x(d), ws(d), hidden(d), "none", [False, False], True), RE,
             r"expected hidden to be the contiguous \[8, 16\] tensor"),
-        bwd("hidden-not-contiguous", lambda d: (gy(d), x(d), ws(d), _z(32, 8, device=d).t(), "relu", [False, False],
+        bwd("hidden-not-contiguous", lambda d: (gy(d), x(d), ws(d), zeros(32, 8, device=d).t(), "relu", [False, False],
                                                 True), RE, r"\(not contiguous\)"),
         bwd("grad-output-shape", lambda d: (gy(d).t(), x(d), ws(d), hidden(d), "relu", [False, False], True), RE,
             r"expected grad_output of shape \[4, 2\]"),

@@ -12,7 +12,6 @@ input that pylibnn does not support, pylibnn raises NotImplementedError saying "
 """
 
 
-import warnings
 
 import pytest
 import torch
@@ -21,21 +20,7 @@ import torch.nn.functional as F
 import pylibnn
 from pylibnn import ops
 from conftest import requires_cuda, CUDA_USABLE
-
-
-def z(*shape, dtype=torch.float32, device="cpu"):
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def quantized(*shape):
-    # Quantized tensor creation is deprecated (it warns); it still exists and must be rejected.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.quint8)
-
-
-def nested():
-    return torch.nested.nested_tensor([torch.zeros(2, 4), torch.zeros(3, 4)])
+from opdb import nested, quantized, zeros as z  # the op database's factories
 
 
 NS = NotImplementedError  # "is not supported"

@@ -380,8 +380,7 @@ void CpuBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
                              const c10::List<std::optional<at::Tensor>>& biases, Activation act,
                              const at::Tensor& output, const at::Tensor& hidden) {
   const int64_t M = input.size(0);
-  std::vector<int64_t> widths;
-  for (const at::Tensor& w : weights) widths.push_back(w.size(0));
+  const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   // Every element of hidden is written by the kernel (its padding as zeros).
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cpu", [&] {
@@ -406,8 +405,7 @@ void CpuBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& i
                               const at::Tensor& hidden, Activation act, const at::Tensor& grad_input,
                               const std::vector<at::Tensor>& grad_weights, const std::vector<at::Tensor>& grad_biases) {
   const int64_t M = input.size(0);
-  std::vector<int64_t> widths;
-  for (const at::Tensor& w : weights) widths.push_back(w.size(0));
+  const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_backward_cpu", [&] {
     const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
