@@ -44,7 +44,7 @@ def _test_matches_sequential(device, dtype, sizes, act, batch):
     expected = opdb.reference(opdb.OPS_BY_NAME["mlp"], sample)
     # The module's parameter order is the Sequential's (weight, bias per layer); the sample's
     # is weights then biases.
-    ours = dict(zip(["grad_input"] + [n for n, _ in mlp.named_parameters()], grads[0:1] + list(grads[1:])))
+    ours = dict(zip(["grad_input"] + [n for n, _ in mlp.named_parameters()], grads))
     names = {"grad_input": "grad_input"}
     for l, index in enumerate(i for i, m in enumerate(mlp) if isinstance(m, nn.Linear)):
         names[f"{index}.weight"] = f"grad_weight[{l}]"
