@@ -207,6 +207,9 @@ def make_extension():
         "csrc/cpu/gemm_engine.cpp",
         "csrc/cpu/gemm_reference.cpp",
         "csrc/cpu/cpu_isa.cpp",
+        "csrc/cpu/cpu_profile.cpp",
+        "csrc/cpu/cpu_engine_info.cpp",
+        "csrc/cpu/gemm_scratch.cpp",
     ]
     # -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` is
     # compiled into *our* objects; without the flag it silently runs on one thread.

@@ -23,6 +23,7 @@ pybind11::dict build_info() {
   cpu["supported"] = pylibnn::cpu::supported_isas();
   cpu["selected"] = pylibnn::cpu::selected_isa();
   info["cpu_isa"] = cpu;
+  pylibnn::cpu::add_cpu_engine_info(info);
   return info;
 }
 
@@ -34,4 +35,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &pylibnn::cpu::select_isa, pybind11::arg("name"),
         "Forces the CPU GEMM path: 'auto' (best supported), 'avx512', 'avx2', 'portable' or 'reference'");
   m.def("get_cpu_isa", &pylibnn::cpu::selected_isa, "The CPU GEMM path now in use");
+  pylibnn::cpu::register_cpu_engine_functions(m);
 }

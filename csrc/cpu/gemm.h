@@ -48,6 +48,12 @@ struct GemmArgs {
 template <typename T>
 void gemm(const GemmArgs<T>& args);
 
+// The path gemm() takes for these sizes and strides with the kernel set and profile now
+// selected: "reference", "direct", "empty", "outer", "gemv", "dot" or "blocked" (the rules
+// are in gemm_engine.cpp's header comment).
+const char* gemm_path_name(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
+                           int64_t b_col_stride, bool row_sums);
+
 // The naive triple loop: the ground truth the engine is tested against.
 template <typename T>
 void gemm_reference(const GemmArgs<T>& args);

@@ -2,6 +2,7 @@
 // baseline instruction set, SSE2 on x86-64).
 //   broadcast: 4 x 8 tile;  dot (thin forward): 2 x 4 tile of scalar dot products
 //   panel (fused MLP): 4 x (8, 16, 24 or 32);  activations: the scalar formulas of activation.h
+//   packing: element by element;  row streaming: a row of C at a time
 #include "gemm_microkernels.h"
 
 namespace pylibnn::cpu {
@@ -89,6 +90,30 @@ void activation_gradient_block(Activation act, const T* grad, int64_t ldg, const
     }
 }
 
+template <typename T>
+void pack_panel(const T* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth, int64_t width,
+                T* out) {
+  for (int64_t p = 0; p < depth; ++p) {
+    for (int64_t i = 0; i < lines; ++i) out[p * width + i] = src[i * line_stride + p * depth_stride];
+    for (int64_t i = lines; i < width; ++i) out[p * width + i] = T(0);
+  }
+}
+
+// Rows of C updated by whole rows of B, k in steps of 4 (the SIMD sets' order of operations).
+template <typename T>
+void stream_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows, const T* b,
+                   int64_t ldb, int64_t cols, T* c, int64_t ldc, const T* bias) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* ci = c + i * ldc;
+    for (int64_t j = 0; j < cols; ++j) ci[j] = bias ? bias[j] : T(0);
+    for (int64_t p = 0; p < depth; ++p) {
+      const T ai = a[i * a_row_stride + p * a_col_stride];
+      const T* bp = b + p * ldb;
+      for (int64_t j = 0; j < cols; ++j) ci[j] += ai * bp[j];
+    }
+  }
+}
+
 }  // namespace
 
 MicroKernelSet microkernels_portable() {
@@ -108,6 +133,10 @@ MicroKernelSet microkernels_portable() {
                             &panel_kernel<double, 4, 4>}},
       ActivationKernels<float>{&activate_block<float>, &activation_gradient_block<float>},
       ActivationKernels<double>{&activate_block<double>, &activation_gradient_block<double>},
+      &pack_panel<float>,
+      &pack_panel<double>,
+      &stream_kernel<float>,
+      &stream_kernel<double>,
   };
 }
 
