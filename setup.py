@@ -122,7 +122,7 @@ def cpu_isa_sources():
     kernels = [("portable", "csrc/cpu/gemm_microkernel_portable.cpp", [])]
     if machine in ("x86_64", "amd64"):
         kernels += [
-            ("avx2", "csrc/cpu/gemm_microkernel_avx2.cpp", ["-mavx2", "-mfma"]),
+            ("avx2", "csrc/cpu/gemm_microkernel_avx2.cpp", ["-mavx2", "-mfma", "-mf16c"]),
             ("avx512", "csrc/cpu/gemm_microkernel_avx512.cpp",
              ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]),
         ]

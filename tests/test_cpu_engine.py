@@ -286,3 +286,89 @@ def test_profile_environment_overrides():
     assert bad.returncode != 0 and "unknown CPU profile 'bogus'" in bad.stderr
     bad = run_python(code, PYLIBNN_CPU_KC="12x")
     assert bad.returncode != 0 and "PYLIBNN_CPU_KC='12x' is not an integer" in bad.stderr
+
+
+# --------------------------------------------------------------------------- reduced precision
+
+# Unit roundoff of one rounding to the dtype (half an ulp, relative), and the smallest
+# absolute step where float16 goes subnormal.
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+SUBNORMAL_STEP = {torch.bfloat16: 0.0, torch.float16: 2.0 ** -25}
+REDUCED = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="f16")]
+
+
+def assert_rounded_once(actual, exact, magnitude, depth, dtype, what):
+    """bfloat16 / float16 results of float32 arithmetic rounded once: the rounding (half an ulp
+    of the exact value) plus conftest's float32 bound for the sum (2 eps32 sqrt(depth) |terms|).
+    Partial sums kept in the reduced dtype (a rounding per kc block or per term) exceed it by
+    orders of magnitude."""
+    assert actual.dtype == dtype, what
+    error = (actual.double() - exact).abs()
+    bound = (UNIT_ROUNDOFF[dtype] * exact.abs() + SUBNORMAL_STEP[dtype]
+             + 2 * torch.finfo(torch.float32).eps * max(depth, 1) ** 0.5 * magnitude)
+    bad = error > bound
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {error.numel()} outside the bound; largest error/bound "
+                           f"{(error / bound.clamp_min(1e-300)).max().item():.3g}")
+
+
+WIDENED_CASES = [
+    (3, 5, 4, "plain"),          # direct (float32 reference loop)
+    (37, 300, 70, "plain"),      # blocked, one nc block
+    (29, 2000, 300, "plain"),    # kc = K = 2000: the B block narrows to several nc blocks
+    (1, 4096, 64, "plain"),      # one row
+    (40, 90, 33, "a_transposed"),
+    (40, 90, 33, "b_transposed"),
+    (40, 90, 33, "sliced"),
+]
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("M,K,N,layout", WIDENED_CASES, ids=[f"{m}x{k}x{n}-{l}" for m, k, n, l in WIDENED_CASES])
+def test_widened_gemm_rounds_once(cpu_isa, M, K, N, layout, dtype):
+    seed = seed_for(M, K, N)
+    a = make_tensor((M, K), dtype, "cpu", seed)
+    b = make_tensor((K, N), dtype, "cpu", seed + 1)
+    bias = make_tensor((N,), dtype, "cpu", seed + 2)
+    if layout == "a_transposed":
+        a = a.t().contiguous().t()
+    elif layout == "b_transposed":
+        b = b.t().contiguous().t()
+    elif layout == "sliced":
+        a = make_tensor((M, 2 * K), dtype, "cpu", seed + 3)[:, ::2]
+        b = make_tensor((K + 4, 3 * N), dtype, "cpu", seed + 4)[4:, ::3]
+    c, sums = _C.cpu_gemm(a, b, bias, True)
+    a64, b64, bias64 = a.double(), b.double(), bias.double()
+    exact = a64 @ b64 + bias64
+    magnitude = a64.abs() @ b64.abs() + bias64.abs()
+    assert_rounded_once(c, exact, magnitude, K, dtype, f"C isa={cpu_isa}")
+    assert_rounded_once(sums, a64.sum(1), a64.abs().sum(1), K, dtype, f"row sums isa={cpu_isa}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_engine_gemm_entry_point(dtype):
+    a = make_tensor((50, 70), dtype, "cpu", 1)
+    b = make_tensor((70, 40), dtype, "cpu", 2)
+    c, sums = _C.cpu_gemm(a, b)
+    exact = a.double() @ b.double()
+    assert_close_to_reference(c, exact, a.double().abs() @ b.double().abs(), 70, dtype, "cpu_gemm")
+    assert sums.numel() == 0
+    with pytest.raises(RuntimeError, match="a is .* but b is"):
+        _C.cpu_gemm(a, b.t())
+    with pytest.raises(RuntimeError, match="bias must be"):
+        _C.cpu_gemm(a, b, torch.zeros(3, dtype=dtype))
+
+
+def test_widened_packing_memory_is_bounded_by_the_blocking():
+    # bfloat16 operands are widened block by block: the scratch holds the profile's blocks in
+    # float32, never a float32 copy of an operand (here 2 x 32 MiB).
+    _C.release_cpu_scratch()
+    a = make_tensor((4096, 2048), torch.bfloat16, "cpu", 5)
+    b = make_tensor((2048, 4096), torch.bfloat16, "cpu", 6)
+    _C.cpu_gemm(a, b)
+    prof = _C.cpu_profile()
+    kc, mc, nc = int(prof["kc"]), int(prof["mc"]), int(prof["nc"])
+    per_thread = 4 * (mc * kc + 64 * 2048) + (1 << 20)
+    bound = 4 * (kc * nc + 32 * 2048) + torch.get_num_threads() * per_thread + (1 << 20)
+    mapped = _C.cpu_scratch_stats()["mapped_bytes"]
+    assert mapped <= bound, f"{mapped} bytes of packing memory, bound {bound}"
+    assert mapped < 4 * 4096 * 2048, "as much packing memory as a float32 copy of an operand"

@@ -30,7 +30,8 @@ const std::vector<IsaEntry>& isa_table() {
 #endif
 #if defined(PYLIBNN_HAVE_AVX2)
     static const MicroKernelSet avx2 = microkernels_avx2();
-    entries.push_back({"avx2", &avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")});
+    entries.push_back({"avx2", &avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                         __builtin_cpu_supports("f16c")});
 #endif
     static const MicroKernelSet portable = microkernels_portable();
     entries.push_back({"portable", &portable, true});

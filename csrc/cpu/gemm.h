@@ -48,6 +48,13 @@ struct GemmArgs {
 template <typename T>
 void gemm(const GemmArgs<T>& args);
 
+// The same product for bfloat16 or float16 (In = c10::BFloat16 or c10::Half) operands, bias,
+// outputs and row sums: float32 arithmetic with the float32 micro-kernels, the operands
+// widened while they are packed (no whole-tensor float32 copies), each result rounded once
+// (the activation applied to the float32 pre-activation). See gemm_engine.cpp.
+template <typename In>
+void gemm_widened(const GemmArgs<In>& args);
+
 // The path gemm() takes for these sizes and strides with the kernel set and profile now
 // selected: "reference", "direct", "empty", "outer", "gemv", "dot" or "blocked" (the rules
 // are in gemm_engine.cpp's header comment).

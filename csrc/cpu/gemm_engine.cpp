@@ -53,7 +53,9 @@
 #include <type_traits>
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include "cpu/cpu_isa.h"
 #include "cpu/cpu_profile.h"
@@ -485,6 +487,158 @@ void gemm(const GemmArgs<T>& args) {
     default: return gemm_blocked(args, k, profile);
   }
 }
+
+// ----------------------------------------------------------------------------- reduced precision
+//
+// gemm_widened: bfloat16 / float16 operands, float32 arithmetic, one rounding of each result.
+// The blocked strategy above with three differences:
+//   - the pack kernels widen while they pack (PackWidenFn): no float32 copy of an operand;
+//   - kc covers all of K, so each tile of C is complete when the micro-kernel stores it into
+//     a float32 tile buffer: bias, preactivation and activation are applied in float32 there
+//     and the tile is rounded once into C (a pc loop would have to keep C in float32);
+//   - the A block and the B block shrink with K to keep the bytes of the profile's blocking.
+// Row sums (grad_bias) are summed in float32 from the packed panels and rounded once.
+// Products of at most direct_max_madds multiply-adds take a float32 reference loop.
+namespace {
+
+template <typename In>
+float widen_scalar(In v) {
+  return static_cast<float>(v);
+}
+
+template <typename In>
+void gemm_widened_reference(const GemmArgs<In>& args) {
+  const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float sum = 0;
+      for (int64_t p = 0; p < K; ++p) sum += widen_scalar(args.a(i, p)) * widen_scalar(args.b(p, j));
+      if (args.bias) sum += widen_scalar(args.bias[j * args.bias_stride]);
+      if (args.preactivation) args.preactivation[i * args.ld_preactivation + j] = In(sum);
+      args.c[i * args.ldc + j] = In(apply_activation(args.activation, sum));
+    }
+  if (args.a_row_sums) {
+    for (int64_t i = 0; i < M; ++i) {
+      float sum = 0;
+      for (int64_t p = 0; p < K; ++p) sum += widen_scalar(args.a(i, p));
+      args.a_row_sums[i] = In(sum);
+    }
+  }
+}
+
+template <typename In>
+PackWidenFn widening_pack(const MicroKernelSet& set) {
+  return std::is_same_v<In, c10::BFloat16> ? set.pack_bf16_f32 : set.pack_f16_f32;
+}
+
+template <typename In>
+void pack_widened_panel(PackWidenFn pack, const In* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
+                        int64_t depth, int64_t width, float* out) {
+  pack(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth, width, out);
+}
+
+template <typename In>
+void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, const CpuProfile& profile) {
+  const MatrixView<In>& a = args.a;
+  const MatrixView<In>& b = args.b;
+  const MicroKernel<float>& kernel = set.f32;
+  const PackWidenFn pack = widening_pack<In>(set);
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
+  const Blocking blk = blocking_for(kernel, profile);
+  // kc = K; the A block (mc x K) and the B block (K x nc) keep the bytes of the profile's
+  // mc x kc and kc x nc.
+  const int64_t mc = std::max<int64_t>(1, blk.mc * blk.kc / std::max<int64_t>(K, 1) / mr) * mr;
+  const int64_t nc = std::max<int64_t>(1, blk.nc * blk.kc / std::max<int64_t>(K, 1) / nr) * nr;
+
+  // bias in float32, padded to whole tiles
+  float* bias = nullptr;
+  if (args.bias) {
+    bias = scratch_for<float>(ScratchSlot::Bias, round_up(N, nr));
+    for (int64_t j = 0; j < round_up(N, nr); ++j) bias[j] = j < N ? widen_scalar(args.bias[j * args.bias_stride]) : 0.0f;
+  }
+  float* sums = args.a_row_sums ? scratch_for<float>(ScratchSlot::RowSums, M) : nullptr;
+  if (sums) std::fill(sums, sums + M, 0.0f);
+
+  const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
+  const int64_t threads = parallel ? at::get_num_threads() : 1;
+  const int64_t panels = ceil_div(M, mr);
+  int64_t m_blocks = ceil_div(M, mc);
+  if (m_blocks > 1) m_blocks = round_up(m_blocks, threads);
+  m_blocks = std::clamp<int64_t>(m_blocks, 1, panels);
+  const int64_t max_block_rows = ceil_div(panels, m_blocks) * mr;
+  float* packed_b = scratch_for<float>(ScratchSlot::PackedB, K * round_up(std::min(N, nc), nr));
+  const ActivationKernels<float>& activation = activation_kernels<float>(set);
+
+  for (int64_t jc = 0; jc < N; jc += nc) {
+    const int64_t width = std::min(nc, N - jc);
+    const int64_t n_panels = ceil_div(width, nr);
+    at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
+      for (int64_t jp = begin; jp < end; ++jp) {
+        const int64_t j0 = jc + jp * nr;
+        pack_widened_panel(pack, &b(0, j0), b.col_stride, b.row_stride, std::min(nr, N - j0), K, nr,
+                           packed_b + jp * nr * K);
+      }
+    });
+    int64_t n_chunks = std::clamp<int64_t>(threads / std::gcd(m_blocks, threads), 1, n_panels);
+    const int64_t panels_per_chunk = ceil_div(n_panels, n_chunks);
+    n_chunks = ceil_div(n_panels, panels_per_chunk);
+    run_tasks(m_blocks * n_chunks, parallel, [&](int64_t task) {
+      alignas(kCacheLine) float tile[kMaxTileElements];
+      const int64_t block = task / n_chunks, chunk = task % n_chunks;
+      const int64_t p0 = block * panels / m_blocks, p1 = (block + 1) * panels / m_blocks;
+      const int64_t ic = p0 * mr, rows_in_block = std::min(M, p1 * mr) - ic;
+      float* packed_a = scratch_for<float>(ScratchSlot::PackedA, max_block_rows * K);
+      for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
+        const int64_t n = std::min(mr, rows_in_block - i0);
+        float* panel = packed_a + i0 * K;
+        pack_widened_panel(pack, &a(ic + i0, 0), a.row_stride, a.col_stride, n, K, mr, panel);
+        if (sums && jc == 0 && chunk == 0) {
+          float s[64] = {};
+          for (int64_t p = 0; p < K; ++p)
+            for (int64_t i = 0; i < n; ++i) s[i] += panel[p * mr + i];
+          for (int64_t i = 0; i < n; ++i) sums[ic + i0 + i] = s[i];
+        }
+      }
+      const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+      for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
+        const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
+        for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
+          const int64_t rows = std::min(mr, rows_in_block - i0);
+          kernel.run(K, packed_a + i0 * K, packed_b + jp * nr * K, nr, tile, nr, false, bias ? bias + j : nullptr);
+          const int64_t i = ic + i0;
+          if (args.preactivation) {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t q = 0; q < cols; ++q)
+                args.preactivation[(i + r) * args.ld_preactivation + j + q] = In(tile[r * nr + q]);
+          }
+          if (args.activation != Activation::None) activation.activate(args.activation, tile, nr, tile, nr, rows, cols);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t q = 0; q < cols; ++q) args.c[(i + r) * args.ldc + j + q] = In(tile[r * nr + q]);
+        }
+      }
+    });
+  }
+  if (sums) for (int64_t i = 0; i < M; ++i) args.a_row_sums[i] = In(sums[i]);
+}
+
+}  // namespace
+
+template <typename In>
+void gemm_widened(const GemmArgs<In>& args) {
+  const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
+  const MicroKernelSet* kernels = selected_microkernels();
+  const CpuProfile& profile = cpu_profile();
+  if (kernels == nullptr || multiply_adds(M, N, K) <= profile.direct_max_madds || K == 0 || N == 0 || M == 0) {
+    return gemm_widened_reference(args);
+  }
+  const ScratchUse in_use;
+  gemm_widened_blocked(args, *kernels, profile);
+}
+
+template void gemm_widened<c10::BFloat16>(const GemmArgs<c10::BFloat16>&);
+template void gemm_widened<c10::Half>(const GemmArgs<c10::Half>&);
 
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);

@@ -1,11 +1,12 @@
-// AVX2 + FMA micro-kernels (compiled with -mavx2 -mfma; called only when the CPU has them).
+// AVX2 + FMA micro-kernels (compiled with -mavx2 -mfma -mf16c; called only when the CPU has them).
 //   broadcast, float32: 6 x 16 tile = 12 ymm accumulators, 2 ymm loads of B per k step
 //   broadcast, float64: 6 x 8 tile, the same register shape with 4-lane vectors
 //   dot (thin forward): 2 x 4 tile = 8 ymm accumulators; 1 x 8 for a single row
 // 12 accumulators + 2 B vectors + 1 broadcast fill 15 of the 16 ymm registers. Partial
 // vectors in the dot kernel use maskload, so no load leaves the operand.
 //   panel (fused MLP): 4 x up to 3 vectors = 12 ymm accumulators
-//   packing: 8 x 8 (float32) and 4 x 4 (float64) in-register transposes, masked copies
+//   packing: 8 x 8 (float32) and 4 x 4 (float64) in-register transposes, masked copies;
+//            bfloat16 / float16 widened to float32 on the way
 //   row streaming (thin backward): up to 4 rows x 2 ymm of C per k step
 //   activations: the templates' float32 exp / tanh / erf, SLEEF's float64 ones, on ymm vectors
 #include <immintrin.h>
@@ -41,6 +42,13 @@ struct Float32x8 {
   static void store_first(float* p, Vec v, int64_t n) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane), v);
+  }
+  // 8 bfloat16 (the high half of a float32) or float16 values to float32 (F16C).
+  template <bool kHalf>
+  static Vec widen(const uint16_t* p) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (kHalf) return _mm256_cvtph_ps(bits);
+    else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
   }
   // 8 x 8 transpose: unpack pairs of rows, shuffle pairs of pairs, then swap 128-bit halves.
   static void transpose(Vec (&r)[8]) {
@@ -154,6 +162,8 @@ MicroKernelSet microkernels_avx2() {
       &pack_panel<Float64x4>,
       &stream_kernel<Float32x8>,
       &stream_kernel<Float64x4>,
+      &pack_widened<Float32x8, false>,
+      &pack_widened<Float32x8, true>,
   };
 }
 

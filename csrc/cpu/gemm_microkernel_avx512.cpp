@@ -3,7 +3,8 @@
 //   broadcast, float64: 12 x 16 tile, the same register shape with 8-lane vectors
 //   dot (thin forward): 4 x 4 tile = 16 zmm accumulators, 8 zmm loads per 16 (8) k steps;
 //                       1 x 8 for a single row
-//   packing: 16 x 16 (float32) and 8 x 8 (float64) in-register transposes, masked copies
+//   packing: 16 x 16 (float32) and 8 x 8 (float64) in-register transposes, masked copies;
+//            bfloat16 / float16 widened to float32 on the way (vpmovzxwd + shift, vcvtph2ps)
 //   row streaming (thin backward): up to 4 rows x 4 zmm of C per k step
 // Each A value is broadcast straight from the packed panel into the FMA (the compiler
 // folds the set1 into an embedded-broadcast memory operand), so the 32 zmm registers
@@ -37,6 +38,13 @@ struct Float32x16 {
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
   static void store_first(float* p, Vec v, int64_t n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
+  // 16 bfloat16 (the high half of a float32) or float16 values to float32.
+  template <bool kHalf>
+  static Vec widen(const uint16_t* p) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (kHalf) return _mm512_cvtph_ps(bits);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
   // 16 x 16 transpose: pairs of rows interleaved (unpack), then pairs of pairs (64-bit
   // unpack), then 128-bit lanes regrouped twice (shuffle_f32x4): 64 shuffles for 256 values.
   static void transpose(Vec (&r)[16]) {
@@ -160,6 +168,8 @@ MicroKernelSet microkernels_avx512() {
       &pack_panel<Float64x8>,
       &stream_kernel<Float32x16>,
       &stream_kernel<Float64x8>,
+      &pack_widened<Float32x16, false>,
+      &pack_widened<Float32x16, true>,
   };
 }
 

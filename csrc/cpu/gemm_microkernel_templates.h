@@ -183,6 +183,69 @@ void pack_panel(const typename V::Scalar* src, int64_t line_stride, int64_t dept
   }
 }
 
+// Widening packing kernel (gemm_microkernels.h, PackWidenFn): pack_panel's three cases with
+// every load converting L bfloat16 / float16 values to float32 (V::widen<kHalf>). Partial
+// vectors go through a zeroed stack copy (masked 16-bit loads would need AVX512-BW).
+template <typename V, bool kHalf>
+typename V::Vec widen_first(const uint16_t* p, int64_t n) {
+  uint16_t tmp[V::lanes] = {};
+  for (int64_t k = 0; k < n; ++k) tmp[k] = p[k];
+  return V::template widen<kHalf>(tmp);
+}
+
+template <typename V, bool kHalf>
+void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                  int64_t width, float* out) {
+  using Vec = typename V::Vec;
+  constexpr int64_t L = V::lanes;
+  if (depth_stride == 1 && lines > 1) {
+    for (int64_t i0 = 0; i0 < width; i0 += L) {
+      const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+      const int64_t n_out = std::min<int64_t>(L, width - i0);
+      for (int64_t p0 = 0; p0 < depth; p0 += L) {
+        const int64_t n_depth = std::min<int64_t>(L, depth - p0);
+        Vec v[L];
+#pragma GCC unroll 16
+        for (int64_t r = 0; r < L; ++r) {
+          const uint16_t* line = src + (i0 + r) * line_stride + p0;
+          v[r] = r >= n_lines ? V::zero()
+                              : (n_depth == L ? V::template widen<kHalf>(line) : widen_first<V, kHalf>(line, n_depth));
+        }
+        V::transpose(v);
+        float* dst = out + p0 * width + i0;
+        if (n_out == L && n_depth == L) {
+#pragma GCC unroll 16
+          for (int64_t q = 0; q < L; ++q) V::store(dst + q * width, v[q]);
+        } else {
+          for (int64_t q = 0; q < n_depth; ++q) V::store_first(dst + q * width, v[q], n_out);
+        }
+      }
+    }
+  } else if (line_stride == 1) {
+    for (int64_t p = 0; p < depth; ++p) {
+      const uint16_t* step = src + p * depth_stride;
+      float* dst = out + p * width;
+      for (int64_t i0 = 0; i0 < width; i0 += L) {
+        const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+        const Vec v = n_lines == L ? V::template widen<kHalf>(step + i0) : widen_first<V, kHalf>(step + i0, n_lines);
+        const int64_t n_out = std::min<int64_t>(L, width - i0);
+        if (n_out == L) V::store(dst + i0, v);
+        else V::store_first(dst + i0, v, n_out);
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < depth; ++p) {
+      uint16_t line[V::lanes];
+      for (int64_t i0 = 0; i0 < width; i0 += L) {
+        const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+        for (int64_t i = 0; i < n_lines; ++i) line[i] = src[(i0 + i) * line_stride + p * depth_stride];
+        const Vec v = widen_first<V, kHalf>(line, n_lines);
+        V::store_first(out + p * width + i0, v, std::min<int64_t>(L, width - i0));
+      }
+    }
+  }
+}
+
 // Row-streaming kernel (gemm_microkernels.h, StreamKernelFn): up to 4 rows of C by NV vectors
 // of columns in registers (4 zmm: 16 accumulators of 32; 2 ymm: 8 of 16), k in steps of 4
 // with C reloaded between steps.

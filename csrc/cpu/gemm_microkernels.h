@@ -59,6 +59,12 @@ template <typename T>
 using PackFn = void (*)(const T* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
                         int64_t width, T* out);
 
+// Widening packing kernel: PackFn's layout, from bfloat16 or float16 bits (uint16_t) to
+// float32, so reduced-precision operands are converted while they are packed and no
+// whole-tensor float32 copy exists.
+using PackWidenFn = void (*)(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
+                             int64_t depth, int64_t width, float* out);
+
 // Row-streaming kernel, for thin products whose B rows are contiguous (b[p * ldb + j]):
 //   c[i * ldc + j] = (bias ? bias[j] : 0) + sum_p a[i * a_row_stride + p * a_col_stride] * b[p * ldb + j]
 //                                                     i < rows (<= 4), j < cols, p < depth
@@ -118,6 +124,8 @@ struct MicroKernelSet {
   PackFn<double> pack_f64;
   StreamKernelFn<float> stream_f32;
   StreamKernelFn<double> stream_f64;
+  PackWidenFn pack_bf16_f32;
+  PackWidenFn pack_f16_f32;
 };
 
 MicroKernelSet microkernels_portable();

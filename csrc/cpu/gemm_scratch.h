@@ -24,7 +24,8 @@ enum class ScratchSlot : int {
   Bias = 1,     // the calling thread: the bias padded to whole tiles
   PackedA = 2,  // each worker: its mc x kc block of A
   Edge = 3,     // each worker: a partial B panel read in place, or a private B chunk
-  Count = 4,
+  RowSums = 4,  // the calling thread: float32 row sums of a reduced-precision product
+  Count = 5,
 };
 
 // At least `bytes` bytes, 64-byte aligned, valid until this thread's next call for the same
