@@ -95,9 +95,10 @@ def sweep(name, values, shapes, dtype, timer, args):
         fns = {value: setter.wrap(value, call) for value in values}
         stats = bench_case(fns, timer, args.repeats, args.min_sample_ms / 1e3, args.max_case_s)
         medians = {v: stats[v]["median_s"] for v in values}
+        fastest = {v: stats[v]["min_s"] for v in values}
         best = min(values, key=lambda v: medians[v])
         flops = (2 if mode == "fwd" else 6) * M * N * K
-        results.append((shape, medians, best, flops))
+        results.append((shape, medians, fastest, best, flops))
         cells = "  ".join(f"{v}: {medians[v] * 1e3:.4g} ms" for v in values)
         log(f"{name:18s} {shape:22s} {cells}  best {best}")
         pylibnn._C.set_cpu_profile("auto")
@@ -146,13 +147,14 @@ def main(argv=None):
     lines += [f"- dtype {args.dtype}; {args.repeats} interleaved repeats per case, medians; samples >= "
               f"{args.min_sample_ms:g} ms; total {time.perf_counter() - start:.0f} s",
               "- command: `python -m benchmarks.sweep_profile " + " ".join(sys.argv[1:] if argv is None else argv) + "`",
-              "- each cell: median ms (GFLOP/s) and, in brackets, time relative to the row's best value", ""]
+              "- each cell: median ms (median GFLOP/s; GFLOP/s of the fastest sample) and, in brackets, the median "
+              "relative to the row's best value; on a shared machine the fastest sample is the less disturbed one", ""]
     for group, (name, values, results) in all_results.items():
         lines += [f"## {name}", ""]
         rows = []
-        for shape, medians, best, flops in results:
-            cells = [f"{medians[v] * 1e3:.4g} ({flops / medians[v] / 1e9:.1f}) [{medians[v] / medians[best]:.2f}]"
-                     for v in values]
+        for shape, medians, fastest, best, flops in results:
+            cells = [f"{medians[v] * 1e3:.4g} ({flops / medians[v] / 1e9:.1f}; best {flops / fastest[v] / 1e9:.1f}) "
+                     f"[{medians[v] / medians[best]:.2f}]" for v in values]
             rows.append([shape] + cells + [str(best)])
         lines += markdown_table(["shape"] + [str(v) for v in values] + ["best"], rows) + [""]
     out = Path(args.out)

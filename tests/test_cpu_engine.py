@@ -72,6 +72,7 @@ def test_path_rules_follow_the_profile(profile):
     profile("gemv_max_rows", 4)
     profile("dot_max_rows", 192)
     profile("dot_min_depth", 128)
+    profile("dot_thin_rows", 16)
     assert forward_path(4, 3, 3) == "direct"
     # batch 1..4: grad_weight is an outer product (depth = batch), grad_input a GEMV
     for batch in (1, 2, 4):
@@ -82,6 +83,7 @@ def test_path_rules_follow_the_profile(profile):
     assert forward_path(192, 128, 512) == "dot"
     assert forward_path(193, 128, 512) == "blocked"
     assert forward_path(64, 64, 64) == "blocked"
+    assert forward_path(16, 64, 1024) == "dot" and forward_path(17, 64, 1024) == "blocked"
     # the thresholds are the profile's
     profile("dot_min_depth", 64)
     assert forward_path(64, 64, 64) == "dot"
@@ -117,6 +119,8 @@ PATH_CASES = [
     ("small", (30, 90, 200), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
     # blocked with shared B packing, tiny blocks: many kc / mc / nc blocks, uneven panels
     ("blocked", (200, 300, 150), {"small_max_madds": 0, "kc": 24, "mc": 24, "nc": 64, "dot_max_rows": 0}),
+    ("blocked-thin", (5, 300, 150), {"small_max_madds": 0, "dot_max_rows": 0, "gemv_max_rows": 0,
+                                     "stream_max_depth": 0}),
     ("blocked", (97, 1030, 45), {"small_max_madds": 0, "kc": 512, "dot_max_rows": 0}),
     # dot with every row count (1 row kernel and the tile kernel)
     ("dot", (1, 700, 37), {"dot_min_depth": 1}),

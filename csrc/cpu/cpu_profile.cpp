@@ -121,17 +121,23 @@ CpuProfile named_profile(const std::string& name, const CpuId& id) {
   }
   if (name == "intel-avx512") {
     // Measured on Emerald Rapids (family 6 model 207; 48 KiB L1d, 2 MiB L2 per core) with
-    // benchmarks/sweep_profile.py; other Intel AVX-512 server cores share it unmeasured.
+    // benchmarks/sweep_profile.py (benchmarks/results/sweep_intel-avx512*.md): kc 192-768 and
+    // mc 48-288 lie within 1-5% of each other, 512 / 96 best or tied; the dot path loses to
+    // the blocked one up to K = 256 from 32 rows on (1.6-2x at 64-128 rows, K <= 128) and wins
+    // for a few rows at any K; the outer product pays off up to depth 8. Other Intel AVX-512
+    // server cores share it unmeasured.
     CpuProfile p;
     p.name = "intel-avx512";
     p.isa = "avx512";
     p.measured =
         "measured on Intel Emerald Rapids (family 6 model 207) with benchmarks/sweep_profile.py; other "
         "Intel AVX-512 server cores (Skylake-SP .. Granite Rapids) use it unmeasured";
-    p.kc = 384;
-    p.mc = 192;
+    p.kc = 512;
+    p.mc = 96;
     p.nc = 4096;
-    p.dot_min_depth = 128;
+    p.dot_min_depth = 512;
+    p.dot_thin_rows = 16;
+    p.stream_max_depth = 8;
     p.small_max_madds = 128 * 128 * 128;
     return p;
   }
@@ -167,6 +173,7 @@ constexpr Parameter kParameters[] = {
     {"gemv_cols", &CpuProfile::gemv_cols},
     {"dot_max_rows", &CpuProfile::dot_max_rows},
     {"dot_min_depth", &CpuProfile::dot_min_depth},
+    {"dot_thin_rows", &CpuProfile::dot_thin_rows},
     {"parallel_min_madds", &CpuProfile::parallel_min_madds},
     {"small_max_madds", &CpuProfile::small_max_madds},
 };

@@ -10,7 +10,8 @@
 //   gemv     M <= gemv_max_rows and B's rows contiguous (grad_input = dy W for 1..4 rows):
 //            W read once, row by row, into column blocks of C kept in L1
 //   dot      A's rows and B's columns contiguous along k, M <= dot_max_rows and
-//            K >= dot_min_depth (the forward x W^T for a thin batch): dot products straight
+//            K >= dot_min_depth, or M <= dot_thin_rows at any K (the forward x W^T for a thin
+//            batch, where MR-row tiles would compute mostly padding): dot products straight
 //            from the operands, vectorized along k; threads split the columns of C
 //   blocked  everything else, below.
 //
@@ -437,7 +438,8 @@ GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int6
   // about 256 rows for W of 4096 x 4096, where the packed path catches up), and while k is
   // long enough to amortize the horizontal sums of its accumulators.
   const bool operands_contiguous_along_k = a_col_stride == 1 && b_row_stride == 1;
-  if (operands_contiguous_along_k && !row_sums && M <= profile.dot_max_rows && K >= profile.dot_min_depth)
+  if (operands_contiguous_along_k && !row_sums && M <= profile.dot_max_rows &&
+      (K >= profile.dot_min_depth || M <= profile.dot_thin_rows))
     return GemmPath::Dot;
   return GemmPath::Blocked;
 }
