@@ -38,7 +38,7 @@ SOURCES = [
     "csrc/cuda/emulation/emulated_cuda_module.cpp",
     "csrc/cuda/emulation/emulated_linear_cuda.cpp",
     "csrc/cuda/emulation/emulated_mlp_cuda.cpp",
-    "csrc/linear_checks.cpp",
+    "csrc/ops/op_checks.cpp",
 ]
 SANITIZE = os.environ.get("PYLIBNN_SANITIZE", "") in ("1", "on", "true", "yes")
 SANITIZE_FLAGS = ["-fsanitize=address,undefined,bounds", "-fno-sanitize=vptr", "-fno-sanitize-recover=undefined",

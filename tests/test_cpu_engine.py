@@ -376,3 +376,24 @@ def test_widened_packing_memory_is_bounded_by_the_blocking():
     mapped = _C.cpu_scratch_stats()["mapped_bytes"]
     assert mapped <= bound, f"{mapped} bytes of packing memory, bound {bound}"
     assert mapped < 4 * 4096 * 2048, "as much packing memory as a float32 copy of an operand"
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("M,K,N", [(1, 300, 70), (37, 300, 70), (130, 64, 200)])
+def test_reduced_precision_ops_round_once(M, K, N, dtype):
+    # The CPU backend computes bfloat16 / float16 itself (CpuBackend::computes): the op
+    # layer no longer widens; every output and gradient is one rounding of float32 sums.
+    x, w, b, gy = (t.to(dtype) for t in random_case(M, K, N, torch.float64))
+    x64, w64, b64, gy64 = (t.double() for t in (x, w, b, gy))
+    y = ops.linear_forward(x, w, b)
+    assert_rounded_once(y, x64 @ w64.t() + b64, x64.abs() @ w64.abs().t() + b64.abs(), K, dtype, "output")
+    z, pre = ops.linear_act_forward(x, w, b, "relu", True)
+    exact = x64 @ w64.t() + b64
+    assert_rounded_once(pre, exact, x64.abs() @ w64.abs().t() + b64.abs(), K, dtype, "preactivation")
+    assert_rounded_once(z, exact.clamp_min(0), x64.abs() @ w64.abs().t() + b64.abs(), K, dtype, "relu output")
+    gx, gw, gb = ops.linear_backward(gy, x, w, [True, True, True])
+    assert_rounded_once(gx, gy64 @ w64, gy64.abs() @ w64.abs(), N, dtype, "grad_input")
+    assert_rounded_once(gw, gy64.t() @ x64, gy64.abs().t() @ x64.abs(), M, dtype, "grad_weight")
+    assert_rounded_once(gb, gy64.sum(0), gy64.abs().sum(0), M, dtype, "grad_bias")
+    _, _, gb_alone = ops.linear_backward(gy, x, w, [False, False, True])
+    assert_rounded_once(gb_alone, gy64.sum(0), gy64.abs().sum(0), M, dtype, "grad_bias alone")

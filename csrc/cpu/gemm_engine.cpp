@@ -68,8 +68,6 @@ namespace {
 constexpr int64_t kMaxTileElements = 512;  // largest MR x NR of any micro-kernel set
 constexpr int64_t kCacheLine = 64;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // M * N * K, saturated: with stride-0 operands the sizes are not bounded by memory, and a
 // wrapped (negative) product would send a huge product down the direct path.
 int64_t multiply_adds(int64_t M, int64_t N, int64_t K) {
@@ -79,7 +77,6 @@ int64_t multiply_adds(int64_t M, int64_t N, int64_t K) {
   }
   return mnk;
 }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // The members of a kernel set for one scalar type.
 template <typename T>

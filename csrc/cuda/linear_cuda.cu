@@ -1,18 +1,16 @@
-// CUDA implementations of the pylibnn ops: check arguments (the checks the CPU shares),
-// allocate, dispatch on dtype (float32, float64), and launch the kernels of gemm_kernels.cuh
-// on the current stream of the input's device.
-//   linear_forward       y  = x @ W^T + b                      x (M, K), W (N, K), b (N) -> y (M, N)
-//   linear_backward      dx = dy @ W,  dW = dy^T @ x,  db = dy^T @ 1          dy (M, N)
-//   linear_act_forward   z  = x @ W^T + b,  y = act(z)  (z saved when asked): one GEMM whose
-//                        epilogue stores both
-//   linear_act_backward  dz = dy * act'(z) (one elementwise pass into a temporary (M, N),
-//                        as dz feeds two products), then linear_backward's products on dz
+// The CUDA backend's single-layer ops (cuda_backend.h; checks and allocation are the op
+// layer's, ops/op_layer.h): dispatch on dtype (float32, float64) and launch the kernels of
+// gemm_kernels.cuh on the current stream of the input's device.
+//   linear_forward   z  = x @ W^T + b,  y = act(z)  (z saved when asked): one GEMM whose
+//                    epilogue stores both     x (M, K), W (N, K), b (N) -> y (M, N)
+//   linear_backward  dz = dy * act'(z) (one elementwise pass into a temporary (M, N), as dz
+//                    feeds two products; dz = dy without activation), then
+//                    dx = dz @ W,  dW = dz^T @ x,  db = dz^T @ 1
 // Each product is one launch of the tiled GEMM over strided views of the operands (no
 // transposed or contiguous copies). db rides along the dW GEMM when that runs; otherwise a
 // deterministic column-sum kernel computes it. Empty outputs launch nothing; K == 0 (or
 // M == 0 for dW, db) still launches, to write the bias or zeros.
-// bfloat16 / float16 run in float32 (reduced_precision.h); the fused ops round every
-// output, preactivation included, to the input dtype.
+// bfloat16 / float16 run in float32 (widened and rounded by the op layer).
 // The launchers (gemm, column_sums, ...: gemm_launch.cuh) are instantiated here for float
 // and double, so mlp_cuda.cu reuses them without compiling the GEMM again.
 // The same file is the emulated CUDA backend when a host compiler builds it (op_backend.h).
@@ -26,12 +24,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
+#include "cuda/cuda_backend.h"
 #include "cuda/gemm_launch.cuh"
 #include "cuda/op_backend.h"
-#include "linear_checks.h"
-#include "reduced_precision.h"
 
 namespace pylibnn::cuda {
 
@@ -45,119 +41,45 @@ PYLIBNN_INSTANTIATE_LAUNCHERS(float)
 PYLIBNN_INSTANTIATE_LAUNCHERS(double)
 #undef PYLIBNN_INSTANTIATE_LAUNCHERS
 
-namespace {
-
-at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias) {
-  check_linear_forward_args(input, weight, bias);
-  if (is_reduced_precision(input.scalar_type())) return forward_in_float32(linear_forward_cuda, input, weight, bias);
+void CudaBackend::linear_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                                 Activation activation, const at::Tensor& output, const at::Tensor& preactivation) {
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
-  const bool has_bias = bias.has_value() && bias->defined();
-  const int64_t M = input.size(0), N = weight.size(0);
-  at::Tensor output = at::empty({M, N}, input.options());
+  const int64_t N = weight.size(0);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_forward_cuda", [&] {
-    gemm<scalar_t>(view_of<scalar_t>(input), view_of<scalar_t>(weight).transposed(),
-                   output.mutable_data_ptr<scalar_t>(), N, has_bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                   has_bias ? bias->stride(0) : 0, nullptr, stream);
-  });
-  return output;
-}
-
-// The products of linear_backward from the gradient dz of the pre-activation, into the
-// tensors of empty_linear_gradients (unrequested ones are (0,) and untouched).
-template <typename T>
-void linear_backward_products(const View<T>& dz, const at::Tensor& input, const at::Tensor& weight,
-                              std::array<bool, 3> output_mask, at::Tensor& grad_input, at::Tensor& grad_weight,
-                              at::Tensor& grad_bias, Scratch& scratch, cudaStream_t stream) {
-  const int64_t K = input.size(1);
-  if (output_mask[0]) {
-    gemm<T>(dz, view_of<T>(weight), grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream);
-  }
-  weight_and_bias_gradients<T>(dz, view_of<T>(input), output_mask[1] ? grad_weight.mutable_data_ptr<T>() : nullptr,
-                               output_mask[2] ? grad_bias.mutable_data_ptr<T>() : nullptr, scratch, stream);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Tensor& grad_output,
-                                                                    const at::Tensor& input,
-                                                                    const at::Tensor& weight,
-                                                                    std::array<bool, 3> output_mask) {
-  check_linear_backward_args(grad_output, input, weight);
-  if (is_reduced_precision(grad_output.scalar_type())) {
-    return backward_in_float32(linear_backward_cuda, grad_output, input, weight, output_mask);
-  }
-  const OpDevice device(input);
-  const cudaStream_t stream = device.stream();
-  // Plain variables, not structured bindings: the dispatch lambda below captures them.
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_linear_gradients(grad_output, input, weight, output_mask);
-  TensorScratch scratch(grad_output.options());
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cuda", [&] {
-    linear_backward_products<scalar_t>(view_of<scalar_t>(grad_output), input, weight, output_mask, grad_input,
-                                       grad_weight, grad_bias, scratch, stream);
-  });
-  return {grad_input, grad_weight, grad_bias};
-}
-
-std::tuple<at::Tensor, at::Tensor> linear_act_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
-                                                           const std::optional<at::Tensor>& bias,
-                                                           c10::string_view activation_name, bool save_preactivation) {
-  check_linear_act_forward_args(input, weight, bias);
-  const Activation activation = activation_from_name("pylibnn.linear_act_forward", activation_name);
-  const at::ScalarType dtype = input.scalar_type();
-  if (is_reduced_precision(dtype)) {
-    return act_forward_in_float32(linear_act_forward_cuda, input, weight, bias, activation_name, save_preactivation);
-  }
-  const OpDevice device(input);
-  const cudaStream_t stream = device.stream();
-  const bool has_bias = bias.has_value() && bias->defined();
-  const int64_t M = input.size(0), N = weight.size(0);
-  at::Tensor output = at::empty({M, N}, input.options());
-  at::Tensor preactivation = save_preactivation ? at::empty({M, N}, input.options()) : at::empty({0}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "linear_act_forward_cuda", [&] {
     const auto epilogue = GemmEpilogue<scalar_t>::forward(
-        activation, save_preactivation ? preactivation.mutable_data_ptr<scalar_t>() : nullptr, N);
+        activation, preactivation.defined() ? preactivation.mutable_data_ptr<scalar_t>() : nullptr, N);
     gemm<scalar_t>(view_of<scalar_t>(input), view_of<scalar_t>(weight).transposed(),
-                   output.mutable_data_ptr<scalar_t>(), N, has_bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                   has_bias ? bias->stride(0) : 0, nullptr, stream, epilogue);
+                   output.mutable_data_ptr<scalar_t>(), N, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
+                   bias.defined() ? bias.stride(0) : 0, nullptr, stream, epilogue);
   });
-  return {output, preactivation};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& preactivation, c10::string_view activation_name, std::array<bool, 3> output_mask) {
-  check_linear_act_backward_args(grad_output, input, weight, preactivation);
-  const Activation activation = activation_from_name("pylibnn.linear_act_backward", activation_name);
-  const at::ScalarType dtype = grad_output.scalar_type();
-  if (is_reduced_precision(dtype)) {
-    return act_backward_in_float32(linear_act_backward_cuda, grad_output, input, weight, preactivation,
-                                   activation_name, output_mask);
-  }
+void CudaBackend::linear_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                                  const at::Tensor& preactivation, Activation activation,
+                                  const at::Tensor& grad_input, const at::Tensor& grad_weight,
+                                  const at::Tensor& grad_bias) {
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
-  const int64_t M = grad_output.size(0), N = grad_output.size(1);
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_linear_gradients(grad_output, input, weight, output_mask);
-  if (!output_mask[0] && !output_mask[1] && !output_mask[2]) return {grad_input, grad_weight, grad_bias};
-  // dz is read by up to three products; one elementwise pass makes it once.
-  at::Tensor grad_z = at::empty({M, N}, grad_output.options());
+  const int64_t M = grad_output.size(0), N = grad_output.size(1), K = input.size(1);
   TensorScratch scratch(grad_output.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "linear_act_backward_cuda", [&] {
-    activation_grad<scalar_t>(view_of<scalar_t>(grad_output), view_of<scalar_t>(preactivation), activation,
-                              grad_z.mutable_data_ptr<scalar_t>(), N, stream);
-    linear_backward_products<scalar_t>(view_of<scalar_t>(grad_z), input, weight, output_mask, grad_input,
-                                       grad_weight, grad_bias, scratch, stream);
+  // dz is read by up to three products; one elementwise pass makes it once.
+  const at::Tensor grad_z = activation == Activation::None ? grad_output : at::empty({M, N}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "linear_backward_cuda", [&] {
+    if (activation != Activation::None) {
+      activation_grad<scalar_t>(view_of<scalar_t>(grad_output), view_of<scalar_t>(preactivation), activation,
+                                grad_z.mutable_data_ptr<scalar_t>(), N, stream);
+    }
+    const View<scalar_t> dz = view_of<scalar_t>(grad_z);
+    if (grad_input.defined()) {
+      gemm<scalar_t>(dz, view_of<scalar_t>(weight), grad_input.mutable_data_ptr<scalar_t>(), K, nullptr, 0, nullptr,
+                     stream);
+    }
+    weight_and_bias_gradients<scalar_t>(dz, view_of<scalar_t>(input),
+                                        grad_weight.defined() ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr,
+                                        grad_bias.defined() ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr,
+                                        scratch, stream);
   });
-  return {grad_input, grad_weight, grad_bias};
 }
 
-}  // namespace
 }  // namespace pylibnn::cuda
-
-PYLIBNN_CUDA_BACKEND_IMPL(m) {
-  m.impl("linear_forward", &pylibnn::cuda::linear_forward_cuda);
-  m.impl("linear_backward", &pylibnn::cuda::linear_backward_cuda);
-  m.impl("linear_act_forward", &pylibnn::cuda::linear_act_forward_cuda);
-  m.impl("linear_act_backward", &pylibnn::cuda::linear_act_backward_cuda);
-}
