@@ -28,10 +28,11 @@ build: $(VENV)/.deps-installed
 demo: build
 	$(VPY) -m pylibnn
 
-# One worker per core (at most 4), a test file per worker at a time: the CPU tests and the
-# emulated CUDA tests (tests/cuda_emulation.py) side by side.
+# One worker per core (at most 4), tests handed out one by one: the op database's thousands
+# of cases (tests/test_opdb.py) spread over every worker, the CPU tests and the emulated
+# CUDA tests (tests/cuda_emulation.py) side by side.
 test: build
-	$(VPY) -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(VPY) -m pytest -n auto --maxprocesses 4 --dist load
 
 bench: build
 	$(VPY) -m pip install --quiet matplotlib

@@ -193,18 +193,30 @@ struct ScalarMath {
   PYLIBNN_HOST_DEVICE static T zero_where_not_positive(T z, T v) { return z <= T(0) ? T(0) : v; }
 };
 
-// act(z) and act'(z) for one scalar, the activation chosen at run time (the CUDA kernels'
-// epilogues, the portable CPU kernels and the tests' C++ references).
+// act(z) and grad * act'(z) for one scalar, the activation chosen at run time (the CUDA
+// kernels' epilogues, the portable CPU kernels and the tests' C++ references). The gradient
+// is the formula's, not grad times a derivative: relu gives 0 where z <= 0 even for a NaN
+// or infinite grad, as torch's threshold_backward does.
 template <typename T>
 PYLIBNN_HOST_DEVICE inline T apply_activation(Activation act, T z) {
   return with_activation(act, [&](auto formula) { return decltype(formula)::template value<ScalarMath<T>>(z); });
 }
 
-// dy/dz at z, where y = apply_activation(act, z).
+// y = apply_activation(act, z) given.
 template <typename T>
-PYLIBNN_HOST_DEVICE inline T activation_derivative(Activation act, T z, T y) {
+PYLIBNN_HOST_DEVICE inline T activation_gradient(Activation act, T grad, T z, T y) {
   return with_activation(
-      act, [&](auto formula) { return decltype(formula)::template gradient<ScalarMath<T>>(T(1), z, y); });
+      act, [&](auto formula) { return decltype(formula)::template gradient<ScalarMath<T>>(grad, z, y); });
+}
+
+// y recomputed from z, only for the activations whose derivative reads it.
+template <typename T>
+PYLIBNN_HOST_DEVICE inline T activation_gradient(Activation act, T grad, T z) {
+  return with_activation(act, [&](auto formula) {
+    using Formula = decltype(formula);
+    const T y = Formula::uses_output ? Formula::template value<ScalarMath<T>>(z) : z;
+    return Formula::template gradient<ScalarMath<T>>(grad, z, y);
+  });
 }
 
 }  // namespace pylibnn

@@ -53,4 +53,12 @@ struct BasicMlpHiddenLayout {
 
 using MlpHiddenLayout = BasicMlpHiddenLayout<int64_t>;
 
+// The widths N_l of a network's weights (N_l, K_l) (any list of tensors: .size(0)).
+template <typename Weights>
+std::vector<int64_t> widths_of(const Weights& weights) {
+  std::vector<int64_t> widths;
+  for (const auto& w : weights) widths.push_back(w.size(0));
+  return widths;
+}
+
 }  // namespace pylibnn

@@ -226,8 +226,8 @@ else
 fi
 
 # ---------------------------------------------------------------- compute-sanitizer
-# The CUDA tests of the ops (every mask, direct and tiled shapes) and of non-finite values
-# under memcheck (out-of-bounds and misaligned accesses) and racecheck (shared-memory
+# The CUDA tests of the ops (the op database's samples, every backward mask, non-finite
+# values) under memcheck (out-of-bounds and misaligned accesses) and racecheck (shared-memory
 # hazards), with whatever budget is left after the benchmark. A timeout is a warning, not a
 # failure (the tool slows torch's start-up by minutes on some drivers); a report fails.
 CS="$(command -v compute-sanitizer 2>/dev/null || true)"
@@ -243,13 +243,14 @@ elif [ -z "$CS" ] || [ "$BUILD_OK" != 1 ]; then
   record sanitizer WARN "compute-sanitizer not run ($( [ -z "$CS" ] && echo 'tool not found' || echo 'no build'))"
 else
   for tool in memcheck racecheck; do
-    if [ "$tool" = memcheck ]; then FILTER="cuda and (direct or packed)"; else FILTER="cuda and direct and f32"; fi
+    if [ "$tool" = memcheck ]; then FILTER="float32 and (values_and_gradients or backward_op_direct or nonfinite)"
+    else FILTER="float32 and backward_op_direct"; fi
     run_step "cs-$tool" 120 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
-      "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "not emulated_cuda and not slow" tests/test_ops.py \
-      tests/test_nonfinite.py -k "$FILTER"
+      "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "not emulated_cuda and not slow" tests/test_opdb.py \
+      -k "cuda and ($FILTER)"
     [ "$STEP_RC" = 0 ] && run_step "cs-$tool-fused" 90 "$CS" --tool "$tool" --error-exitcode 9 --target-processes all \
-      "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "not emulated_cuda and not slow" tests/test_mlp.py \
-      tests/test_fused_linear.py -k "cuda and (matches_sequential or matches_reference or hidden_layout) and not f64"
+      "$PYTHON" -m pytest -q -x -p no:cacheprovider -m "not emulated_cuda and not slow" tests/test_opdb.py \
+      tests/test_mlp.py -k "cuda and (mlp or matches_sequential or hidden_layout) and ($FILTER or matches_sequential)"
     case "$STEP_RC" in
       0) record "cs-$tool" PASS "compute-sanitizer --tool $tool: $(last_line 'ERROR SUMMARY|passed')" ;;
       124|137) record "cs-$tool" WARN "compute-sanitizer --tool $tool: timed out (${STEP_SECS}s); not a failure" ;;

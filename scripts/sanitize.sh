@@ -52,27 +52,29 @@ LIBASAN="$(${CXX:-c++} -print-file-name=libasan.so)"
 LIBSTDCXX="$(${CXX:-c++} -print-file-name=libstdc++.so)"
 [ -f "$LIBASAN" ] || { echo "sanitize: libasan.so not found ($LIBASAN)"; exit 1; }
 
-# The kernel tests: numerics on every CPU path, the ops (masks, opcheck), autograd, the
-# validation suite (every rejected input must raise, never touch memory), non-finite
-# values, property tests (CI profile), threads and error safety. Left out: the RSS and
-# peak-memory tests (ASan's quarantine and shadow memory change RSS by design) and the
-# slow 64-bit tests (ASan's shadow would double their 8 GiB).
-DEFAULT_TESTS=(tests/test_linear_numerics.py tests/test_ops.py tests/test_autograd.py tests/test_validation.py
-               tests/test_nonfinite.py tests/test_properties.py tests/test_safety.py
-               tests/test_fused_linear.py tests/test_mlp.py)
+# The kernel tests: the op database's tests (values and gradients on every CPU path and
+# dtype, edge shapes, backward masks, gradcheck, non-finite values, determinism, threads,
+# every error input on cpu, meta and fake tensors), the Python entry points, autograd, the
+# validation suite (every rejected input must raise, never touch memory), threads and error
+# safety. Left out: the RSS and peak-memory tests (ASan's quarantine and shadow memory change
+# RSS by design), the slow 64-bit tests (ASan's shadow would double their 8 GiB), opcheck and
+# the hypothesis draws (the same launches again), and all but two rows of the shape matrix.
+DEFAULT_TESTS=(tests/test_opdb.py tests/test_linear_numerics.py tests/test_ops.py tests/test_autograd.py
+               tests/test_validation.py tests/test_safety.py tests/test_activations.py tests/test_mlp.py)
 # (torch.compile's tests are left out too: inductor builds and loads C++ under the preload.)
 # The same files' emulated_cuda variants run the CUDA kernels on the CPU under the same
 # sanitizers (tests/cuda_emulation.py builds its extension with -fsanitize=bounds too, in
-# build/emulated_cuda_sanitize): the value tests of every op over edge shapes and views (of
-# the 840-case shape matrix, the float32-with-bias cases with M = 1 and M = 257), not the
-# gradchecks and training loops, which repeat the same launches. (The kernels themselves run
-# under ASan + UBSan in make test too: tests/test_cuda_emulation.py's sanitize build.)
-EMULATED_UNDER_SANITIZERS="(shape_matrix and f32-bias and (M257 or M1-)) or (noncontiguous and f32) or output_mask"
-EMULATED_UNDER_SANITIZERS+=" or nonfinite or (matches_reference and not tutorial) or given_preactivation"
-EMULATED_UNDER_SANITIZERS+=" or no_bias_and_views or matches_sequential or hidden_layout or bias_free_and_views"
+# build/emulated_cuda_sanitize): the float32 value tests of every op over its samples (edge
+# shapes and views), the backward masks, non-finite values and the errors, not the gradchecks
+# and training loops, which repeat the same launches. (The kernels themselves run under
+# ASan + UBSan in make test too: tests/test_cuda_emulation.py's sanitize build.)
+EMULATED_UNDER_SANITIZERS="(values_and_gradients and float32) or backward_op_direct or nonfinite or error_inputs"
+EMULATED_UNDER_SANITIZERS+=" or matches_sequential or hidden_layout"
+LEFT_OUT="memory_growth or temporary_larger or compile or opcheck or hypothesis"
+LEFT_OUT+=" or (shape_matrix and not (M257-K300 or M1-K300))"
 if [ "$#" -eq 0 ]; then
   set -- -q -x -p no:cacheprovider "${DEFAULT_TESTS[@]}" -m "not slow" \
-         -k "not memory_growth and not temporary_larger and not compile and (not emulated_cuda or $EMULATED_UNDER_SANITIZERS)"
+         -k "not ($LEFT_OUT) and (not emulated_cuda or $EMULATED_UNDER_SANITIZERS)"
 fi
 
 # libstdc++ is preloaded with libasan: python does not link it, so without it ASan's

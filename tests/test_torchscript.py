@@ -4,7 +4,7 @@ torch.jit.load) and give the eager outputs.
 
 Scripted and eager modules call the same ops on the same tensors, so their outputs are
 compared bit for bit; the eager outputs themselves are checked against float64 elsewhere
-(test_fused_linear, test_mlp). Gradients through a scripted module are compared with the
+(test_opdb, test_mlp). Gradients through a scripted module are compared with the
 float64 twin (pylibnn.unconvert, in float64) within 1e-12 relative to the largest gradient:
 float64 rounding of these few-term sums is about 1e-15.
 """

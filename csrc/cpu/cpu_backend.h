@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "activation.h"
+#include "ops/backend.h"
 
 namespace pylibnn::cpu {
 
@@ -19,17 +20,7 @@ struct CpuBackend {
   static bool computes(at::ScalarType dtype) {
     return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
   }
-  static void linear_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                             Activation activation, const at::Tensor& output, const at::Tensor& preactivation);
-  static void linear_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-                              const at::Tensor& preactivation, Activation activation, const at::Tensor& grad_input,
-                              const at::Tensor& grad_weight, const at::Tensor& grad_bias);
-  static void mlp_forward(const at::Tensor& input, at::TensorList weights,
-                          const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
-                          const at::Tensor& output, const at::Tensor& hidden);
-  static void mlp_backward(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
-                           const at::Tensor& hidden, Activation activation, const at::Tensor& grad_input,
-                           const std::vector<at::Tensor>& grad_weights, const std::vector<at::Tensor>& grad_biases);
+  PYLIBNN_BACKEND_COMPUTATIONS  // ops/backend.h
 };
 
 }  // namespace pylibnn::cpu

@@ -412,8 +412,7 @@ void CpuBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
     return;
   }
   const int64_t M = input.size(0);
-  std::vector<int64_t> widths;
-  for (const at::Tensor& w : weights) widths.push_back(w.size(0));
+  const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   // Every element of hidden is written by the kernel (its padding as zeros).
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cpu", [&] {
@@ -451,8 +450,7 @@ void CpuBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& i
     return;
   }
   const int64_t M = input.size(0);
-  std::vector<int64_t> widths;
-  for (const at::Tensor& w : weights) widths.push_back(w.size(0));
+  const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_backward_cpu", [&] {
     const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);

@@ -246,12 +246,6 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
   }
 }
 
-std::vector<int64_t> widths_of(at::TensorList weights) {
-  std::vector<int64_t> widths;
-  for (const at::Tensor& w : weights) widths.push_back(w.size(0));
-  return widths;
-}
-
 }  // namespace
 
 void CudaBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,

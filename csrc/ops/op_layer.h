@@ -26,6 +26,7 @@
 //                     grad_weights, grad_biases)
 //        grad_input undefined unless requested, grad_biases[l] undefined without a bias
 // Outputs are allocated contiguous; the backend writes every element of each defined one.
+// PYLIBNN_BACKEND_COMPUTATIONS (ops/backend.h) declares the four inside a backend's struct.
 #pragma once
 
 #include <array>
@@ -39,6 +40,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "mlp_layout.h"
+#include "ops/backend.h"
 #include "ops/op_checks.h"
 #include "ops/op_list.h"
 
