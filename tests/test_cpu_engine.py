@@ -2,9 +2,10 @@
 kernels of every instruction set, the even split over threads, the persistent packing
 memory, and the tuning profiles.
 
-Every value is checked against float64 F.linear with conftest's bound (per element:
-ERROR_FACTOR[dtype] * eps(dtype) * sqrt(depth) * the same sum over absolute values; factor 2
-for float32, 4 for float64). The paths are forced through the profile's parameters
+Every value is checked against float64 F.linear with the op database's bound (conftest /
+tests/opdb.py; per element ERROR_FACTOR[dtype] * eps(dtype) * sqrt(depth) * the same sum over
+absolute values, factor 2 for float32, 4 for float64); bfloat16 / float16 with one rounding
+on top (assert_rounded_once). The paths are forced through the profile's parameters
 (pylibnn._C.set_cpu_profile_parameter), so each test exercises the path it names whatever
 profile this CPU gets; pylibnn._C.cpu_gemm_path says which path a product takes.
 """
@@ -39,8 +40,17 @@ def check_linear(x, w, b, gy, what):
     gx, gw, gb = ops.linear_backward(gy, x, w, [True, True, b is not None])
     for name, value in (("output", y), ("grad_input", gx), ("grad_weight", gw)) + (
             (("grad_bias", gb),) if b is not None else ()):
-        expected, magnitude, depth = ref[name]
-        assert_close_to_reference(value, expected, magnitude, depth, x.dtype, f"{what}: {name}")
+        expected, bound = ref[name]
+        assert_close_to_reference(value, expected, bound, x.dtype, f"{what}: {name}")
+
+
+# The op database's rule for a sum of `depth` products (tests/opdb.py): ERROR_FACTOR[dtype] *
+# eps(dtype) * sqrt(depth) * the same sum over absolute values.
+ERROR_FACTOR = {torch.float32: 2.0, torch.float64: 4.0}
+
+
+def sum_bound(magnitude, depth):
+    return lambda dtype: ERROR_FACTOR[dtype] * torch.finfo(dtype).eps * max(depth, 1) ** 0.5 * magnitude
 
 
 def random_case(M, K, N, dtype, bias=True):
@@ -354,7 +364,7 @@ def test_engine_gemm_entry_point(dtype):
     b = make_tensor((70, 40), dtype, "cpu", 2)
     c, sums = _C.cpu_gemm(a, b)
     exact = a.double() @ b.double()
-    assert_close_to_reference(c, exact, a.double().abs() @ b.double().abs(), 70, dtype, "cpu_gemm")
+    assert_close_to_reference(c, exact, sum_bound(a.double().abs() @ b.double().abs(), 70), dtype, "cpu_gemm")
     assert sums.numel() == 0
     with pytest.raises(RuntimeError, match="a is .* but b is"):
         _C.cpu_gemm(a, b.t())
