@@ -202,20 +202,14 @@ PYLIBNN_HOST_DEVICE inline T apply_activation(Activation act, T z) {
   return with_activation(act, [&](auto formula) { return decltype(formula)::template value<ScalarMath<T>>(z); });
 }
 
-// y = apply_activation(act, z) given.
+// y: apply_activation(act, z) when known; nullptr recomputes it from z, only for the
+// activations whose derivative reads it.
 template <typename T>
-PYLIBNN_HOST_DEVICE inline T activation_gradient(Activation act, T grad, T z, T y) {
-  return with_activation(
-      act, [&](auto formula) { return decltype(formula)::template gradient<ScalarMath<T>>(grad, z, y); });
-}
-
-// y recomputed from z, only for the activations whose derivative reads it.
-template <typename T>
-PYLIBNN_HOST_DEVICE inline T activation_gradient(Activation act, T grad, T z) {
+PYLIBNN_HOST_DEVICE inline T activation_gradient(Activation act, T grad, T z, const T* y = nullptr) {
   return with_activation(act, [&](auto formula) {
     using Formula = decltype(formula);
-    const T y = Formula::uses_output ? Formula::template value<ScalarMath<T>>(z) : z;
-    return Formula::template gradient<ScalarMath<T>>(grad, z, y);
+    const T output = y != nullptr ? *y : Formula::uses_output ? Formula::template value<ScalarMath<T>>(z) : z;
+    return Formula::template gradient<ScalarMath<T>>(grad, z, output);
   });
 }
 

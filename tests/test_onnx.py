@@ -38,6 +38,7 @@ ACTIVATION_OPS = {
     "sigmoid": {"Sigmoid"},
 }
 ACTIVATIONS = list(ACTIVATION_OPS)
+assert set(ACTIVATIONS) == {None} | (set(pylibnn.ops.ACTIVATIONS) - {"none"}), "an activation without its ONNX ops here"
 
 # Exporter settings: torch's default (today dynamo=True, which needs onnxscript), and the
 # TorchScript exporter.

@@ -297,21 +297,28 @@ def _nonfinite_params():
             for info in OP_DB for spec in info.sample_specs if spec.name in NONFINITE_SPECS[info.name]]
 
 
+@pytest.mark.parametrize("pattern", ["points", "nan-weight", "inf-bias"])
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("info,spec", _nonfinite_params())
-def test_nonfinite_propagation(info, spec, dtype, backend):
-    """A NaN, +Inf and -Inf in the input, the first weight, a bias and grad_output: the
-    positions of NaN, +Inf and -Inf in the output and in every gradient are float64 torch's
-    (which terms meet in an element does not depend on blocking, packing or threads)."""
+def test_nonfinite_propagation(info, spec, dtype, backend, pattern):
+    """The positions of NaN, +Inf and -Inf in the output and in every gradient are float64
+    torch's (which terms meet in an element does not depend on blocking, packing or threads),
+    for: a NaN, +Inf and -Inf in the input, the first weight, the last bias and grad_output
+    ("points"); a first weight all NaN (every element touched); a last bias all +Inf."""
     nan, inf = float("nan"), float("inf")
     base = make_sample(spec, "cpu", torch.float64)
     M, K = base.input.shape
-    _poison(base.input, [((1, 2), nan), ((2, 0), inf), ((M - 1, K - 1), -inf)])
-    _poison(base.weights[0], [((0, 1), inf), ((base.weights[0].size(0) - 1, 3), nan)])
-    if base.biases[-1] is not None:
-        _poison(base.biases[-1], [((2,), -inf), ((1,), nan)])
-    _poison(base.grad_output, [((0, 0), nan), ((M - 1, 1), inf)])
+    if pattern == "points":
+        _poison(base.input, [((1, 2), nan), ((2, 0), inf), ((M - 1, K - 1), -inf)])
+        _poison(base.weights[0], [((0, 1), inf), ((base.weights[0].size(0) - 1, 3), nan)])
+        if base.biases[-1] is not None:
+            _poison(base.biases[-1], [((2,), -inf), ((1,), nan)])
+        _poison(base.grad_output, [((0, 0), nan), ((M - 1, 1), inf)])
+    elif pattern == "nan-weight":
+        base.weights[0].fill_(nan)
+    elif base.biases[-1] is not None:
+        base.biases[-1].fill_(inf)
 
     def on(device, dtype, requires_grad):
         def move(t):

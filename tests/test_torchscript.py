@@ -26,7 +26,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated
                                         "ignore:`torch.jit.save` is deprecated:FutureWarning",
                                         "ignore:`torch.jit.load` is deprecated:FutureWarning")
 
-ACTIVATIONS = [None, "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
+# None and every fused activation the kernels take.
+ACTIVATIONS = [None] + [a for a in pylibnn.ops.ACTIVATIONS if a != "none"]
 
 
 def _save_and_load(scripted):

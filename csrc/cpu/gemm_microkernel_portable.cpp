@@ -88,8 +88,7 @@ void activation_gradient_block(Activation act, const T* grad, int64_t ldg, const
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) {
       const T zij = z[i * ldz + j];
-      out[i * ldo + j] = y ? activation_gradient(act, grad[i * ldg + j], zij, y[i * ldy + j])
-                           : activation_gradient(act, grad[i * ldg + j], zij);
+      out[i * ldo + j] = activation_gradient(act, grad[i * ldg + j], zij, y ? &y[i * ldy + j] : nullptr);
     }
 }
 

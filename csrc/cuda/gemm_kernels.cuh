@@ -216,8 +216,7 @@ __global__ void __launch_bounds__(Tile::THREADS) gemm_tiled_kernel(const GemmPar
       if (p.derivative_z != nullptr) {
         const int64_t at = row * p.ld_derivative + col;
         const T z = p.derivative_z[at];
-        v = p.derivative_y != nullptr ? activation_gradient(p.activation, v, z, p.derivative_y[at])
-                                      : activation_gradient(p.activation, v, z);
+        v = activation_gradient(p.activation, v, z, p.derivative_y != nullptr ? &p.derivative_y[at] : nullptr);
       } else {
         if (p.preactivation != nullptr) p.preactivation[row * p.ld_preactivation + col] = v;
         v = apply_activation(p.activation, v);

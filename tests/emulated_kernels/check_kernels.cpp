@@ -685,7 +685,7 @@ void check_fused_mlp(int64_t M, const std::vector<int64_t>& sizes, Activation ac
         for (int64_t k = 0; k < K; ++k) {
           double v = 0;
           for (int64_t n = 0; n < N; ++n) v += dz[i * N + n] * static_cast<double>(weights[l][n * K + k]);
-          da[i * K + k] = l > 0 ? activation_gradient(activation, v, z[l - 1][i * K + k], a[l][i * K + k]) : v;
+          da[i * K + k] = l > 0 ? activation_gradient(activation, v, z[l - 1][i * K + k], &a[l][i * K + k]) : v;
         }
       }
       dz.swap(da);
