@@ -36,8 +36,8 @@ test: build
 
 bench: build
 	$(VPY) -m pip install --quiet matplotlib
-	$(VPY) benchmarks/bench_linear.py
-	$(VPY) benchmarks/bench_mlp.py
+	$(VPY) -m benchmarks.bench_linear
+	$(VPY) -m benchmarks.bench_mlp
 
 sanitize: $(VENV)/.deps-installed
 	PYTHON=$(VPY) bash scripts/sanitize.sh

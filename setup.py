@@ -120,7 +120,7 @@ def decide_cuda():
 # of that set: compiled with its flags alone, and only for a machine the set exists on.
 ISA_FLAGS = {
     "portable": [],
-    "avx2": ["-mavx2", "-mfma"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
 }
 X86_ISAS = {"avx2", "avx512"}

@@ -1,8 +1,12 @@
 """Benchmark pylibnn.linear against torch.nn.functional.linear (and numpy on the CPU).
 
-    python benchmarks/bench_linear.py                    # full CPU suite (~10 min here)
-    python benchmarks/bench_linear.py --quick            # subset, under ~2 minutes
-    python benchmarks/bench_linear.py --device cuda --quick --out benchmarks/results/gpu
+    python -m benchmarks.bench_linear                    # full CPU suite (~15 min here)
+    python -m benchmarks.bench_linear --quick            # subset, a few minutes
+    python -m benchmarks.bench_linear --threads 1 --tag linear_cpu_1thread
+    python -m benchmarks.bench_linear --device cuda --quick --out benchmarks/results/gpu
+
+Run from the repository root (benchmarks/ is a package; the machine description, ceilings,
+timer and report header come from benchmarks/harness.py).
 
 Contract (shared/DESIGN.md, "Benchmark contract"): all implementations side by side in one
 process; for every shape x mode x dtype the repeats are interleaved (round-robin over the
@@ -15,10 +19,12 @@ Modes:
     fwd+bwd      y = f(x, w, b); y.backward(g), x/w/b leaves  6*M*N*K flops
                  numpy: y = x @ w.T + b; dx = g @ w; dW = g.T @ x; db = g.sum(0)
 
-Ceiling: an FMA probe (benchmarks/fma_probe.c, compiled at run time with gcc, independent
-FMA chains in registers on every core) measures the machine's fp32 and fp64 peak; without a
-compiler, numpy's best measured GFLOP/s stands in (the report says which). On CUDA the
-ceiling is the best torch.mm (cuBLAS) GFLOP/s at 4096/8192, labelled as such.
+dtypes: float32, float64, bfloat16 (numpy has no bfloat16: torch and pylibnn only).
+
+Ceiling: the probe of harness.py (fma_probe.c: fp32/fp64 FMA chains, vdpbf16ps chains for
+bfloat16 where the CPU has AVX512-BF16); numpy's best GFLOP/s without a compiler. On CUDA the
+ceiling is the best torch.mm (cuBLAS) GFLOP/s at 4096/8192, labelled as such. Page faults per
+call (the whole process's minor faults, getrusage) are reported for each implementation.
 
 Outputs in --out (default benchmarks/results/): linear_<device>[_quick].csv, .md, .png.
 A full (not --quick) run also appends the peak memory of one call at 4096x4096->4096 to the
@@ -27,36 +33,17 @@ A full (not --quick) run also appends the peak memory of one call at 4096x4096->
 
 import argparse
 import csv
-import datetime
 import math
 import os
-import platform
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-# numpy's OpenBLAS threads keep spinning for about 2^28 cycles (tens of ms) after each call,
-# holding both cores while the OpenMP threads of torch and pylibnn run the next interleaved
-# repeat: on this 2-core machine that halved whoever came after numpy. Let them sleep at
-# once (OpenBLAS reads this when numpy loads it, so before the import).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+from benchmarks.harness import (HERE, PYLIBNN_IMPORT_ERROR, Timer, bench_case, describe, fmt, gfmt, log,
+                                machine_info, measure_ceilings, fma_probe, np, pylibnn, shared_machine_caution)
 
-import numpy as np  # noqa: E402
-import torch
-import torch.nn.functional as F
-
-HERE = Path(__file__).resolve().parent
-try:
-    import pylibnn
-except Exception as exc:  # noqa: BLE001  (report, and still benchmark the peers)
-    pylibnn = None
-    PYLIBNN_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-else:
-    PYLIBNN_IMPORT_ERROR = None
+import torch  # noqa: E402  (after harness, which sets OpenBLAS's environment before numpy loads)
+import torch.nn.functional as F  # noqa: E402
 
 MODES = ("forward", "fwd+bwd")
 FLOPS_PER_MNK = {"forward": 2, "fwd+bwd": 6}
@@ -76,184 +63,15 @@ ALL_SHAPES = [
     ("tut_4x3->3", "tutorial", 4, 3, 3),
     ("tut_4x3->2", "tutorial", 4, 3, 2),
     ("mnk64", "small", 64, 64, 64),
+    ("mnk128", "small", 128, 128, 128),
+    # the layers of a small transformer language model (d_model 128, MLP 512, 1024 tokens)
+    ("lm_1024x128->128", "lm", 1024, 128, 128),
+    ("lm_1024x128->512", "lm", 1024, 128, 512),
+    ("lm_1024x512->128", "lm", 1024, 512, 128),
 ]
-QUICK_SHAPES = {"sq256", "sq512", "sq1024", "thin_M1", "thin_M64", "tut_4x3->3", "mnk64"}
-
-
-def log(msg):
-    print(msg, flush=True)
-
-
-# ----------------------------------------------------------------------------- machine
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def machine_info(device):
-    info = {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "cpu": cpu_model(),
-        "cores": usable_cores(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "device": device,
-        "loadavg_start": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-    }
-    if pylibnn is not None:
-        try:
-            root = Path(pylibnn.__file__).resolve().parent
-            rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
-            so = Path(pylibnn._C.__file__)
-            built = datetime.datetime.fromtimestamp(so.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-            info["pylibnn_build"] = f"git {rev or '?'}, _C built {built}"
-        except Exception as exc:  # noqa: BLE001
-            info["pylibnn_build"] = f"unknown ({exc})"
-        try:
-            bi = pylibnn.build_info()
-            info["pylibnn_isa"] = bi["cpu_isa"]["selected"]
-            info["pylibnn_cuda"] = bi["cuda"]
-            info["pylibnn_cuda_arch"] = bi.get("cuda_arch_list", "")
-        except Exception as exc:  # noqa: BLE001
-            info["pylibnn_isa"] = f"build_info failed: {exc}"
-    else:
-        info["pylibnn_isa"] = f"import failed: {PYLIBNN_IMPORT_ERROR}"
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-        info["tf32"] = torch.backends.cuda.matmul.allow_tf32
-    else:
-        try:
-            blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
-            info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
-        except Exception:  # noqa: BLE001
-            info["numpy_blas"] = "unknown"
-    return info
-
-
-def describe(info):
-    parts = [f"CPU: {info['cpu']} ({info['cores']} cores, torch threads {info['torch_threads']})"]
-    if info["device"] == "cuda":
-        parts.append(f"GPU: {info['gpu']} (CUDA {info['cuda']}, TF32 matmul {info['tf32']}, "
-                     f"pylibnn CUDA {info.get('pylibnn_cuda')} arch '{info.get('pylibnn_cuda_arch')}')")
-    parts.append(f"torch {info['torch']}; numpy {info['numpy']}"
-                 + (f" ({info['numpy_blas']})" if "numpy_blas" in info else ""))
-    parts.append(f"pylibnn CPU ISA: {info['pylibnn_isa']}"
-                 + (f" ({info['pylibnn_build']})" if info.get("pylibnn_build") else ""))
-    load = f"load average (1/5/15 min) at start {info['loadavg_start']}"
-    if "loadavg_end" in info:
-        load += f", at end {info['loadavg_end']}"
-    parts.append(f"date: {info['date']}; {load}")
-    return parts
-
-
-# ----------------------------------------------------------------------------- peak probes
-
-def fma_probe(seconds=0.15, trials=10):
-    """Returns ({'float32': gflops, 'float64': gflops}, description) from the C FMA probe, or
-    (None, reason) when it cannot be built or run."""
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None:
-        return None, "no C compiler"
-    flags = cpu_flags()
-    if "avx512f" in flags:
-        isa_flags = ["-mavx512f", "-mfma"]
-    elif "avx2" in flags and "fma" in flags:
-        isa_flags = ["-mavx2", "-mfma"]
-    else:
-        return None, "no AVX2/AVX-512 FMA in /proc/cpuinfo flags"
-    threads = usable_cores()
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="spread")
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = os.path.join(tmp, "fma_probe")
-        cmd = [cc, "-O3", *isa_flags, "-fopenmp", str(HERE / "fma_probe.c"), "-o", exe]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            return None, f"compile failed: {' '.join(cmd)}: {res.stderr.strip()[:200]}"
-        peaks = {}
-        try:
-            for dtype, dbl in (("float32", "0"), ("float64", "1")):
-                # Calibrate the iteration count so one trial lasts about `seconds`.
-                iters = 1_000_000
-                out = subprocess.run([exe, str(iters), dbl, "1"], capture_output=True, text=True,
-                                     env=env, check=True, timeout=60).stdout.split()
-                gflops, nthr, vbits = float(out[0]), int(out[1]), int(out[2])
-                flops_per_iter = nthr * 16 * (vbits // (64 if dbl == "1" else 32)) * 2
-                iters = max(iters, int(seconds * gflops * 1e9 / flops_per_iter))
-                out = subprocess.run([exe, str(iters), dbl, str(trials)], capture_output=True,
-                                     text=True, env=env, check=True, timeout=120).stdout.split()
-                peaks[dtype] = float(out[0])
-        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
-            return None, f"probe run failed: {exc}"
-    desc = (f"FMA probe: {os.path.basename(cc)} -O3 {' '.join(isa_flags)} -fopenmp, "
-            f"{threads} threads x 16 independent {vbits}-bit FMA chains, best of {trials}")
-    return peaks, desc
-
-
-def numpy_peak(dtypes):
-    peaks = {}
-    for dt in dtypes:
-        best = 0.0
-        for n in (1024, 2048):
-            a = np.random.rand(n, n).astype(dt)
-            b = np.random.rand(n, n).astype(dt)
-            a @ b
-            for _ in range(3):
-                t = time.perf_counter()
-                a @ b
-                best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-        peaks[dt] = best
-    return peaks, "fallback: numpy's best a @ b GFLOP/s at 1024/2048 (no FMA probe)"
-
-
-def cuda_peak(dtypes):
-    peaks = {}
-    for dt in dtypes:
-        best = 0.0
-        for n in (4096, 8192):
-            a = torch.randn(n, n, device="cuda", dtype=getattr(torch, dt))
-            b = torch.randn(n, n, device="cuda", dtype=getattr(torch, dt))
-            for _ in range(2):
-                torch.mm(a, b)
-            torch.cuda.synchronize()
-            for _ in range(3):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(3):
-                    torch.mm(a, b)
-                end.record()
-                end.synchronize()
-                best = max(best, 3 * 2 * n ** 3 / (start.elapsed_time(end) / 1e3) / 1e9)
-            del a, b
-        peaks[dt] = best
-    torch.cuda.empty_cache()
-    return peaks, "cuBLAS ceiling: best torch.mm GFLOP/s at 4096/8192 (TF32 off), not a datasheet peak"
+QUICK_SHAPES = {"sq256", "sq512", "sq1024", "thin_M1", "thin_M64", "tut_4x3->3", "mnk64", "mnk128",
+                "lm_1024x128->128", "lm_1024x128->512", "lm_1024x512->128"}
+ELEMENT_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2}
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -271,6 +89,9 @@ def make_callables(M, K, N, dtype, device, mode, impl_names):
     fns = {}
     torch_fns = {"pylibnn": (pylibnn.linear if pylibnn is not None else None), "torch": F.linear}
     for name in impl_names:
+        if name == "numpy" and dtype == "bfloat16":
+            fns[name] = "numpy has no bfloat16"
+            continue
         if name == "numpy":
             xn, wn, bn, gn = (t.cpu().numpy() for t in (x, w, b, g))
             if mode == "forward":
@@ -316,88 +137,13 @@ def max_rel_err(out, ref):
     return worst
 
 
-# ----------------------------------------------------------------------------- timing
-
-class Timer:
-    def __init__(self, device):
-        self.cuda = device == "cuda"
-
-    def sample(self, fn, n):
-        """Seconds for n back-to-back calls."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n):
-                fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return time.perf_counter() - t
-
-
-def bench_case(fns, timer, repeats, min_sample_s, max_case_s):
-    """Interleaved repeats over the implementations; returns {name: dict of stats}."""
-    live = {k: f for k, f in fns.items() if f is not None}
-    calls, errors = {}, {}
-    # Warm up and calibrate: loop count so one sample lasts >= min_sample_s.
-    for name, fn in list(live.items()):
-        try:
-            fn()
-            t1 = timer.sample(fn, 1)
-            if t1 < min_sample_s / 4:  # too short to trust one call: time a short loop
-                n = max(1, int(min_sample_s / 4 / max(t1, 1e-9)))
-                t1 = timer.sample(fn, n) / n
-            calls[name] = max(1, math.ceil(min_sample_s / max(t1, 1e-9)))
-            timer.sample(fn, calls[name])  # one full-length warm-up sample
-        except Exception as exc:  # noqa: BLE001
-            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            del live[name]
-    # Repeats stop early (keeping >= 3) once a case has cost max_case_s.
-    samples = {name: [] for name in live}
-    names = list(live)
-    t_case = time.perf_counter()
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)] if names else []
-        for name in order:
-            samples[name].append(timer.sample(live[name], calls[name]) / calls[name])
-        if r >= 2 and time.perf_counter() - t_case > max_case_s:
-            break
-    stats = {}
-    for name in fns:
-        if name in samples and samples[name]:
-            s = sorted(samples[name])
-            stats[name] = {"median_s": statistics.median(s), "min_s": s[0], "max_s": s[-1],
-                           "samples": len(s), "calls_per_sample": calls[name], "error": ""}
-        else:
-            stats[name] = {"median_s": float("nan"), "min_s": float("nan"), "max_s": float("nan"),
-                           "samples": 0, "calls_per_sample": 0,
-                           "error": errors.get(name, "unavailable (pylibnn import failed)"
-                                               if fns.get(name) is None else "no samples")}
-    return stats
-
-
 # ----------------------------------------------------------------------------- reports
-
-def gfmt(v):
-    """GFLOP/s: one decimal from 10 up, three significant digits below (tutorial shapes)."""
-    if v is None or v != v:
-        return "n/a"
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
-
-
-def fmt(v, spec):
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
 
 def write_csv(path, rows):
     fields = ["name", "shape", "mode", "dtype", "median_ms", "gflops", "frac_peak", "vs_torch",
               "vs_numpy", "M", "K", "N", "family", "device", "min_ms", "max_ms", "samples",
-              "calls_per_sample", "gflops_best", "gbytes_s", "max_rel_err", "peak_gflops", "error",
-              "cpu", "cores", "torch", "pylibnn_isa", "date"]
+              "calls_per_sample", "gflops_best", "gbytes_s", "max_rel_err", "peak_gflops", "faults_per_call",
+              "error", "cpu", "cpu_id", "cores", "threads", "torch", "pylibnn_isa", "pylibnn_profile", "date"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -408,6 +154,12 @@ def write_csv(path, rows):
 def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
     lines = [f"# pylibnn.linear benchmark ({info['device']}{', quick' if args.quick else ''})", ""]
     lines += [f"- {p}" for p in describe(info)]
+    if "bfloat16" in args.dtypes:
+        lines.append("- bfloat16: torch's F.linear runs oneDNN, which uses AMX tiles where the CPU has them "
+                     "(avx512_core_amx), a ceiling far above the vdpbf16ps one given here; pylibnn widens bfloat16 "
+                     "inside its packing and runs the float32 FMA kernels, so its %peak against the vdpbf16ps "
+                     "ceiling can pass 100 where vdpbf16ps is slower than float32 FMAs (Emerald Rapids: half the "
+                     "flops)")
     lines.append("- ceiling: " + ", ".join(f"{dt} {fmt(peaks.get(dt), '.1f')} GFLOP/s" for dt in args.dtypes)
                  + f" ({peak_desc})")
     lines.append(f"- OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')} (numpy's threads sleep "
@@ -415,17 +167,14 @@ def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
     lines.append(f"- timing: median of {args.repeats} interleaved repeats, each sample >= "
                  f"{args.min_sample_ms:g} ms (calls looped inside), after warm-up; total run {elapsed:.0f} s")
     lines.append("- the CSV also has gflops_best (fastest sample), gbytes_s (minimum traffic), "
-                 "calls_per_sample and max_rel_err (vs torch F.linear, same dtype)")
+                 "calls_per_sample, max_rel_err (vs torch F.linear, same dtype) and faults_per_call (minor page "
+                 "faults of the whole process per call, getrusage)")
     lines.append("- GFLOP/s: forward 2MNK, fwd+bwd 6MNK per call; ratios are GFLOP/s ratios "
                  "(> 1: faster than the peer); %peak against the ceiling above")
-    lines.append("- command: `" + " ".join(["python benchmarks/bench_linear.py"] + sys.argv[1:]) + "`")
-    loads = [float(v) for k in ("loadavg_start", "loadavg_end") for v in info.get(k, "").split()[:1]]
-    if info["device"] == "cpu" and loads and max(loads) > info["cores"] * 0.75:
-        lines.append(f"- **caution: the machine was shared (1-min load average up to {max(loads):.1f} on "
-                     f"{info['cores']} cores).** A multi-threaded call whose threads split the work "
-                     "statically (MKL in torch, OpenBLAS) then waits for a descheduled thread, up to one "
-                     "scheduler quantum per call: small/medium shapes of those peers can collapse by "
-                     "10-1000x. See gflops_best in the CSV, or rerun when the machine is quiet or with --threads 1.")
+    lines.append("- command: `" + " ".join(["python -m benchmarks.bench_linear"] + sys.argv[1:]) + "`")
+    caution = shared_machine_caution(info)
+    if caution:
+        lines.append(f"- {caution}")
     lines.append("")
     by = {(r["name"], r["shape"], r["mode"], r["dtype"]): r for r in rows}
     shapes = []
@@ -440,7 +189,7 @@ def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
             head += [f"{n} ms" for n in impls[:2]]
             if "pylibnn" in impls:
                 head += ["pylibnn %peak", "pylibnn/torch"] + (["pylibnn/numpy"] if "numpy" in impls else [])
-                head += ["pylibnn max rel err"]
+                head += ["pylibnn max rel err", "faults/call pylibnn", "faults/call torch"]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "|".join("---" for _ in head) + "|")
             for shape, M, K, N in shapes:
@@ -454,9 +203,11 @@ def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
                     if "numpy" in impls:
                         cells.append(fmt(p["vs_numpy"], ".2f"))
                     cells.append(fmt(p["max_rel_err"], ".1e"))
+                    cells.append(fmt(p.get("faults_per_call"), ".1f"))
+                    cells.append(fmt(by.get(("torch", shape, mode, dtype), {}).get("faults_per_call"), ".1f"))
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
-    errs = [r for r in rows if r.get("error")]
+    errs = [r for r in rows if r.get("error") and r["error"] != "numpy has no bfloat16"]
     if errs:
         lines.append("## errors")
         lines.append("")
@@ -533,8 +284,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="subset of shapes, fewer repeats (< ~2 min)")
-    p.add_argument("--dtype", dest="dtypes", nargs="+", default=["float32", "float64"],
-                   choices=["float32", "float64"])
+    p.add_argument("--dtype", dest="dtypes", nargs="+", default=["float32", "float64", "bfloat16"],
+                   choices=["float32", "float64", "bfloat16"])
     p.add_argument("--mode", dest="modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--shapes", nargs="+", default=None,
                    help="shape labels or families to run (default: all, or the quick subset)")
@@ -625,7 +376,7 @@ def measure_peak_memory(device, dtype, impls, shape=MEMORY_SHAPE):
     """Returns markdown lines: per implementation and mode, the peak memory of one call above
     what was in use before it, and that peak less the bytes of the call's own results."""
     M, K, N = shape
-    elem = 4 if dtype == "float32" else 8
+    elem = ELEMENT_BYTES[dtype]
     result_bytes = {"forward": M * N * elem, "fwd+bwd": (M * N + M * K + N * K + N) * elem}
     lines = [f"## peak memory of one call, {M}×{K}→{N} {dtype}", "",
              "| implementation | mode | peak above start (MiB) | of which results (MiB) | extra (MiB) |",
@@ -697,14 +448,7 @@ def main(argv=None):
         return 0
 
     log("measuring the ceiling ...")
-    if args.device == "cuda":
-        peaks, peak_desc = cuda_peak(args.dtypes)
-    else:
-        peaks, peak_desc = (None, "skipped (--no-probe)") if args.no_probe else fma_probe()
-        if peaks is None:
-            reason = peak_desc
-            peaks, peak_desc = numpy_peak(args.dtypes)
-            peak_desc += f" [{reason}]"
+    peaks, peak_desc = measure_ceilings(args.device, args.dtypes, args.no_probe, threads=torch.get_num_threads())
     log("ceiling: " + ", ".join(f"{dt} {peaks.get(dt, float('nan')):.1f} GFLOP/s" for dt in args.dtypes)
         + f" -- {peak_desc}")
 
@@ -728,16 +472,17 @@ def main(argv=None):
                 except Exception:  # noqa: BLE001
                     ref = None
                 for name, fn in fns.items():
-                    if fn is None or ref is None:
+                    if not callable(fn) or ref is None:
                         errs[name] = float("nan")
                         continue
                     try:
                         errs[name] = max_rel_err(fn(), ref)
                     except Exception:  # noqa: BLE001
                         errs[name] = float("nan")
-                stats = bench_case(fns, timer, args.repeats, args.min_sample_ms / 1e3, args.max_case_s)
+                stats = bench_case(fns, timer, args.repeats, args.min_sample_ms / 1e3, args.max_case_s,
+                                   faults=args.device == "cpu")
                 flops = FLOPS_PER_MNK[mode] * M * N * K
-                elem = 4 if dtype == "float32" else 8
+                elem = ELEMENT_BYTES[dtype]
                 # Minimum traffic: read x, w, b, write y (forward); + read g, write dx, dW, db.
                 nbytes = elem * (M * K + N * K + N + M * N)
                 if mode == "fwd+bwd":
@@ -760,6 +505,8 @@ def main(argv=None):
                         "gflops_best": flops / s["min_s"] / 1e9 if s["min_s"] == s["min_s"] and s["min_s"] > 0 else float("nan"),
                         "gbytes_s": nbytes / s["median_s"] / 1e9 if s["median_s"] == s["median_s"] else float("nan"),
                         "max_rel_err": errs.get(name, float("nan")), "peak_gflops": peak,
+                        "faults_per_call": s["faults_per_call"], "cpu_id": info["cpu_id"],
+                        "threads": torch.get_num_threads(), "pylibnn_profile": info["pylibnn_profile"],
                         "error": s["error"], "cpu": info["cpu"], "cores": info["cores"],
                         "torch": info["torch"], "pylibnn_isa": info["pylibnn_isa"], "date": info["date"],
                     })
@@ -770,7 +517,7 @@ def main(argv=None):
                 log(f"{dtype:8s} {mode:8s} {label:22s} GFLOP/s: {summary}{ratio}"
                     f"  [{time.perf_counter() - t_start:.0f} s]")
                 for name in impls:
-                    if stats[name]["error"]:
+                    if stats[name]["error"] and stats[name]["error"] != "numpy has no bfloat16":
                         log(f"    {name}: {stats[name]['error']}")
                 del fns
                 if args.device == "cuda":
@@ -778,7 +525,7 @@ def main(argv=None):
 
     if args.device == "cpu" and not args.no_probe and "FMA probe" in peak_desc:
         # Probe again after the run (the machine may be shared); the ceiling is the best seen.
-        again, _ = fma_probe()
+        again, _ = fma_probe(threads=torch.get_num_threads())
         if again:
             log("ceiling re-probed at the end: " + ", ".join(f"{k} {v:.1f}" for k, v in again.items()))
             for k, v in again.items():

@@ -11,7 +11,7 @@ network before timing), "pylibnn" (pylibnn.MLP, one fused op forward and one bac
 Also measures the floor that torch's autograd puts under any fwd+bwd: a single-node graph
 (a multiply of one tensor) run through Tensor.backward.
 
-    python benchmarks/bench_mlp.py [--device cpu|cuda] [--quick] [--out DIR]
+    python -m benchmarks.bench_mlp [--device cpu|cuda] [--quick] [--out DIR]     (from the repository root)
 
 Writes DIR/mlp_<device>.md and .csv (DIR default benchmarks/results).
 """
@@ -22,10 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from bench_linear import Timer, bench_case, describe, machine_info  # noqa: E402  (sets OpenBLAS env first)
+from benchmarks.harness import HERE, Timer, bench_case, describe, machine_info  # (sets OpenBLAS's env first)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -132,7 +129,7 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# pylibnn.MLP vs nn.Sequential ({device})", ""] + [f"- {part}" for part in describe(info)] + ["",
-             f"Command: `python benchmarks/bench_mlp.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
+             f"Command: `python -m benchmarks.bench_mlp {' '.join(argv if argv is not None else sys.argv[1:])}`; "
              f"{repeats} interleaved repeats, medians; {elapsed:.0f} s.", "",
              f"Autograd floor (one-node graph, `(w * 2).backward(g)`): {floor * 1e6:.1f} us: no fwd+bwd through "
              "Tensor.backward costs less.", "",

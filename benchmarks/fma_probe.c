@@ -1,9 +1,18 @@
-/* FMA peak probe for benchmarks/bench_linear.py.
+/* Arithmetic ceiling probe for benchmarks/harness.py.
  *
  * Every thread runs NACC independent chains of vector FMAs (acc = acc * m + a) that stay in
  * registers, so the loop is bound by FMA throughput alone: the machine's arithmetic ceiling.
- * Usage: fma_probe ITERS DOUBLE(0|1) TRIALS   ->  prints "gflops threads vector_bits"
- * Built at run time: gcc -O3 -mavx512f -mfma -fopenmp (or -mavx2 -mfma where AVX-512 is absent).
+ * Kind 2 runs vdpbf16ps chains instead (acc += pairs of bfloat16 products, 2 products per
+ * float32 lane): the bfloat16 ceiling of CPUs with AVX512-BF16.
+ * Usage: fma_probe ITERS KIND(0 float32 | 1 float64 | 2 bfloat16) TRIALS
+ *        -> prints "gflops threads vector_bits flops_per_iteration accumulators"
+ * Built at run time: gcc -O3 -mavx512f -mfma [-mavx512bf16] -fopenmp (or -mavx2 -mfma).
+ *
+ * Registers: NACC accumulators plus the two constants must fit the register file, or the
+ * compiler spills accumulators to the stack and the probe measures loads and stores (an
+ * AVX2 build with 16 chains reported 67 instead of 117 GFLOP/s per core). AVX-512 has 32
+ * zmm: 16 chains + 2 constants. AVX2 has 16 ymm: 12 chains + 2 constants, still more than
+ * the 2 ports x 4 cycles of latency = 8 chains an FMA unit pair needs in flight.
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -20,9 +29,8 @@ static double omp_get_wtime(void) {
 static int omp_get_num_threads(void) { return 1; }
 #endif
 
-#define NACC 16
-
 #ifdef __AVX512F__
+#define NACC 16
 #define VBITS 512
 typedef __m512 vf;
 typedef __m512d vd;
@@ -35,6 +43,7 @@ typedef __m512d vd;
 #define STORE_PS _mm512_storeu_ps
 #define STORE_PD _mm512_storeu_pd
 #else
+#define NACC 12
 #define VBITS 256
 typedef __m256 vf;
 typedef __m256d vd;
@@ -82,30 +91,59 @@ static double run_double(long iters) {
     return r;
 }
 
+#ifdef __AVX512BF16__
+/* acc (16 float32) += a.even * b.even + a.odd * b.odd per lane: 32 products, 64 flops. */
+static double run_bf16(long iters) {
+    __m512 acc[NACC];
+    for (int i = 0; i < NACC; ++i) acc[i] = _mm512_set1_ps(0.001f * (float)i);
+    const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
+    const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
+    for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+        for (int i = 0; i < NACC; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    }
+    __m512 s = acc[0];
+    for (int i = 1; i < NACC; ++i) s = _mm512_add_ps(s, acc[i]);
+    return _mm512_reduce_add_ps(s);
+}
+#endif
+
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s ITERS DOUBLE(0|1) TRIALS\n", argv[0]);
+        fprintf(stderr, "usage: %s ITERS KIND(0|1|2) TRIALS\n", argv[0]);
         return 2;
     }
     long iters = atol(argv[1]);
-    int dbl = atoi(argv[2]);
+    int kind = atoi(argv[2]);
     int trials = atoi(argv[3]);
+#ifndef __AVX512BF16__
+    if (kind == 2) {
+        fprintf(stderr, "this build has no AVX512-BF16 (compile with -mavx512bf16)\n");
+        return 3;
+    }
+#endif
+    /* flops per iteration per thread: float32 / float64 FMAs count 2 per lane; vdpbf16ps 4 per
+     * float32 lane (two products, two adds). */
+    double flops = kind == 0 ? NACC * (VBITS / 32) * 2.0 : kind == 1 ? NACC * (VBITS / 64) * 2.0 : NACC * (VBITS / 32) * 4.0;
     double best = 0.0, sink = 0.0;
     int threads = 1;
     for (int t = 0; t < trials; ++t) {
         double t0 = omp_get_wtime();
 #pragma omp parallel reduction(+ : sink)
         {
-            sink += dbl ? run_double(iters) : run_float(iters);
+#ifdef __AVX512BF16__
+            if (kind == 2) sink += run_bf16(iters);
+            else
+#endif
+            sink += kind == 1 ? run_double(iters) : run_float(iters);
 #pragma omp master
             threads = omp_get_num_threads();
         }
         double dt = omp_get_wtime() - t0;
-        double lanes = dbl ? VBITS / 64 : VBITS / 32;
-        double gflops = (double)threads * (double)iters * NACC * lanes * 2.0 / dt / 1e9;
+        double gflops = (double)threads * (double)iters * flops / dt / 1e9;
         if (gflops > best) best = gflops;
     }
-    printf("%.3f %d %d\n", best, threads, VBITS);
+    printf("%.3f %d %d %.0f %d\n", best, threads, VBITS, (double)threads * flops, NACC);
     fprintf(stderr, "checksum %g\n", sink);
     return 0;
 }

@@ -29,6 +29,7 @@ pybind11::dict build_info() {
   cpu["supported"] = pylibnn::cpu::supported_isas();
   cpu["selected"] = pylibnn::cpu::selected_isa();
   info["cpu_isa"] = cpu;
+  pylibnn::cpu::add_cpu_engine_info(info);
   return info;
 }
 
@@ -48,4 +49,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](const std::string& op, const std::string& name) { pylibnn::activation_from_name(op.c_str(), name); },
       pybind11::arg("op"), pybind11::arg("activation"), "ValueError naming op unless activation is a known name");
   pylibnn::add_fake_kernel_functions(m);
+  pylibnn::cpu::register_cpu_engine_functions(m);
 }

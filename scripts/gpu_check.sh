@@ -12,8 +12,8 @@
 #   import  pylibnn.build_info(): CUDA kernels compiled in and a GPU visible
 #   tests   python -m pytest -q tests -k cuda -m "not emulated_cuda and not slow"
 #   tutor   python -m pylibnn --device cuda (tutorial network, pylibnn vs reference)
-#   bench   python benchmarks/bench_linear.py --device cuda --quick --out OUT_DIR
-#   mlp     python benchmarks/bench_mlp.py --device cuda --quick --no-compile --out OUT_DIR
+#   bench   python -m benchmarks.bench_linear --device cuda --quick --out OUT_DIR
+#   mlp     python -m benchmarks.bench_mlp --device cuda --quick --no-compile --out OUT_DIR
 #   cs-*    compute-sanitizer memcheck and racecheck over a subset of the CUDA tests, with the
 #           budget left (a timeout or a missing tool is a WARN, a sanitizer report a FAIL)
 # Writes OUT_DIR/gpu_check.log (everything) and prints a summary table LAST.
@@ -211,14 +211,14 @@ run_step tutorial 45 "$PYTHON" -m pylibnn --device cuda
 record tutorial "$(status_of "$STEP_RC")" "python -m pylibnn --device cuda: $(last_line)"
 
 # ---------------------------------------------------------------- benchmark
-run_step bench 150 "$PYTHON" benchmarks/bench_linear.py --device cuda --quick --out "$OUT_DIR"
+run_step bench 150 "$PYTHON" -m benchmarks.bench_linear --device cuda --quick --out "$OUT_DIR"
 BENCH_RC=$STEP_RC
 if [ "$BENCH_RC" = 0 ]; then
   record bench PASS "bench_linear.py --device cuda --quick -> $OUT_DIR/linear_cuda_quick.{csv,md,png}"
 else
   record bench "$(status_of "$BENCH_RC")" "bench_linear.py --device cuda --quick: $(last_line)"
 fi
-run_step mlp 60 "$PYTHON" benchmarks/bench_mlp.py --device cuda --quick --no-compile --out "$OUT_DIR"
+run_step mlp 60 "$PYTHON" -m benchmarks.bench_mlp --device cuda --quick --no-compile --out "$OUT_DIR"
 if [ "$STEP_RC" = 0 ]; then
   record mlp PASS "bench_mlp.py --device cuda --quick -> $OUT_DIR/mlp_cuda_quick.{csv,md}"
 else

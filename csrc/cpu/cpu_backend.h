@@ -15,8 +15,11 @@
 namespace pylibnn::cpu {
 
 struct CpuBackend {
-  // float32 and float64; bfloat16 and float16 are widened by the op layer.
-  static bool computes(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
+  // float32 and float64; bfloat16 and float16 too: the single-layer ops widen them inside the
+  // GEMM engine's packing (gemm_widened), the fused MLP to float32 copies (mlp_cpu.cpp).
+  static bool computes(at::ScalarType dtype) {
+    return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
+  }
   PYLIBNN_BACKEND_COMPUTATIONS  // ops/backend.h
 };
 

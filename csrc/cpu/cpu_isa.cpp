@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include "cpu/cpu_profile.h"
 #include "pylibnn_build_config.h"
 
 namespace pylibnn::cpu {
@@ -29,7 +30,8 @@ const std::vector<IsaEntry>& isa_table() {
 #endif
 #if defined(PYLIBNN_HAVE_AVX2)
     static const MicroKernelSet avx2 = microkernels_avx2();
-    entries.push_back({"avx2", &avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")});
+    entries.push_back({"avx2", &avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                         __builtin_cpu_supports("f16c")});
 #endif
     static const MicroKernelSet portable = microkernels_portable();
     entries.push_back({"portable", &portable, true});
@@ -39,7 +41,11 @@ const std::vector<IsaEntry>& isa_table() {
   return table;
 }
 
+// The tuning profile's kernel set (cpu_profile.h) when this CPU runs it, else the best one.
 const IsaEntry* best_supported() {
+  const std::string& preferred = cpu_profile().isa;
+  for (const IsaEntry& entry : isa_table())
+    if (entry.supported && entry.kernels && preferred == entry.name) return &entry;
   for (const IsaEntry& entry : isa_table())
     if (entry.supported) return &entry;
   return nullptr;  // unreachable: "portable" is always supported

@@ -12,7 +12,19 @@
 
 #include "cpu/gemm_microkernels.h"
 
+namespace pybind11 {
+class dict;
+class module_;
+}  // namespace pybind11
+
 namespace pylibnn::cpu {
+
+// The CPU engine's entries in pylibnn._C (cpu_engine_info.cpp): build_info()'s "cpu_profile"
+// (the tuning profile, cpu_profile.h) and "cpu_scratch" (packing memory, gemm_scratch.h), and
+// the functions cpu_profile, cpu_profile_names, set_cpu_profile, set_cpu_profile_parameter,
+// cpu_scratch_stats, release_cpu_scratch.
+void add_cpu_engine_info(pybind11::dict& info);
+void register_cpu_engine_functions(pybind11::module_& m);
 
 std::vector<std::string> compiled_isas();   // micro-kernel sets built into this library
 std::vector<std::string> supported_isas();  // those this CPU can run, plus "reference"

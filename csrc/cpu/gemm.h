@@ -38,6 +38,19 @@ struct GemmArgs {
 template <typename T>
 void gemm(const GemmArgs<T>& args);
 
+// The same product for bfloat16 or float16 (In = c10::BFloat16 or c10::Half) operands, bias,
+// outputs and row sums: float32 arithmetic with the float32 micro-kernels, the operands
+// widened while they are packed (no whole-tensor float32 copies), each result rounded once
+// (the activation applied to the float32 pre-activation). See gemm_engine.cpp.
+template <typename In>
+void gemm_widened(const GemmArgs<In>& args);
+
+// The path gemm() takes for these sizes and strides with the kernel set and profile now
+// selected: "reference", "direct", "empty", "outer", "gemv", "dot" or "blocked" (the rules
+// are in gemm_engine.cpp's header comment).
+const char* gemm_path_name(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
+                           int64_t b_col_stride, bool row_sums);
+
 // The naive triple loop: the ground truth the engine is tested against.
 template <typename T>
 void gemm_reference(const GemmArgs<T>& args);

@@ -1,41 +1,66 @@
 // CPU GEMM engine: C (M, N) = A (M, K) @ B (K, N) [+ bias], optional row sums of A.
 //
-// gemm() picks one of three paths per call:
-//   direct   tiny products (the tutorial's layers): the reference loop, no packing, no threads
-//   dot      thin products whose A rows and B columns are contiguous along k (the forward
-//            x @ W^T for up to a few hundred rows of x): dot-product micro-kernels read both
-//            operands in place, vectorized along k; threads split the columns of C
+// gemm() picks one path per call, by these rules in this order (the thresholds come from the
+// CPU's tuning profile, cpu_profile.h):
+//   direct   M*N*K <= direct_max_madds (the tutorial's layers): the reference loop, no
+//            packing, no threads
+//   outer    K <= stream_max_depth and B's rows contiguous (grad_weight = dy^T x for a batch
+//            of 1..4): each row of C is sum_p A(i, p) B(p, :) streamed in one pass, with the
+//            row sums of A (grad_bias) from the same pass; C written once
+//   gemv     M <= gemv_max_rows and B's rows contiguous (grad_input = dy W for 1..4 rows):
+//            W read once, row by row, into column blocks of C kept in L1
+//   dot      A's rows and B's columns contiguous along k, M <= dot_max_rows and
+//            K >= dot_min_depth, or M <= dot_thin_rows at any K (the forward x W^T for a thin
+//            batch, where MR-row tiles would compute mostly padding): dot products straight
+//            from the operands, vectorized along k; threads split the columns of C
 //   blocked  everything else, below.
 //
 // Blocked strategy (GotoBLAS / BLIS): three cache-blocking loops around a register-blocked
 // micro-kernel.
 //   for jc over N in steps of nc        B block (kc x nc) lives in L3
 //     for pc over K in steps of kc      pack B[pc:+kc, jc:+nc] into NR-wide panels (all threads)
-//       tasks = (mc-row blocks of A) x (chunks of the B panels), spread over at::parallel_for
-//         pack A[ic:+mc, pc:+kc] into MR-tall panels (per task, kept in L2)
+//       tasks = (row blocks of A) x (chunks of the B panels), picked up by the threads one at
+//       a time (an atomic counter), so a thread that another process holds up for a while
+//       does not stall the rest
+//         pack A[rows, pc:+kc] into MR-tall panels (per task, kept in L2)
 //         for each B panel in the chunk, for each A panel: micro-kernel on an MR x NR tile of C
-// Packing reads A and B through their strides (transposed, sliced and stride-0 views alike)
-// and zero-fills the panels past the matrix edge, so the micro-kernel only ever computes
-// full tiles; edge tiles of C are computed into a small buffer and copied out.
+// Row blocks are whole MR-panels split evenly (their heights differ by at most one panel):
+// rounding a block height up to MR after choosing the block count left one thread 288 rows
+// of 512 and the other 224.
+// Packing (the ISA's pack kernel: in-register transposes where the operand is contiguous
+// along k, vector copies where it is contiguous across the panel) reads A and B through
+// their strides (transposed, sliced and stride-0 views alike) and zero-fills the panels past
+// the matrix edge, so the micro-kernel only ever computes full tiles; edge tiles of C are
+// computed into a small buffer and copied out.
 // With a single row block of A, B is not packed where its rows are contiguous: the
-// micro-kernel reads it in place (grad_input = dy @ W for a thin batch).
+// micro-kernel reads it in place.
+// Small products (M*N*K <= small_max_madds, one kc and one nc block) run in one thread
+// region: each task packs its own share of B beside its A block, instead of a region for
+// packing B followed by one for the tiles.
 // The bias is added by the micro-kernel when the last kc block is stored (fused epilogue);
 // the activation epilogue (linear_act_forward) follows on the same tile, still in L1.
 // Row sums of A (grad_bias while packing grad_output^T for grad_weight) are taken from the
 // packed A panels in the first jc pass, by the one task that owns those rows in each pass:
 // every row is summed in the same order on every run, whatever the thread count.
+// Packing memory is per-thread, persistent and grow-only (gemm_scratch.h): no page faults
+// in steady state.
 #include "cpu/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <type_traits>
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/cpu_profile.h"
+#include "cpu/gemm_scratch.h"
 
 namespace pylibnn::cpu {
 namespace {
@@ -53,23 +78,21 @@ int64_t multiply_adds(int64_t M, int64_t N, int64_t K) {
   return mnk;
 }
 
-// A 64-byte aligned scratch buffer (packed panels start on a cache line and a zmm boundary).
+// The members of a kernel set for one scalar type.
 template <typename T>
-class AlignedBuffer {
- public:
-  explicit AlignedBuffer(int64_t count) {
-    const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(count, 1) * sizeof(T), kCacheLine));
-    data_ = static_cast<T*>(std::aligned_alloc(kCacheLine, bytes));
-    TORCH_CHECK(data_ != nullptr, "pylibnn: out of memory allocating a ", bytes, "-byte GEMM packing buffer");
-  }
-  ~AlignedBuffer() { std::free(data_); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  T* get() const { return data_; }
-
- private:
-  T* data_;
+struct Kernels {
+  MicroKernel<T> broadcast;
+  DotKernel<T> dot;
+  DotKernel<T> dot_row;
+  PackFn<T> pack;
+  StreamKernelFn<T> stream;
 };
+
+template <typename T>
+Kernels<T> kernels_of(const MicroKernelSet& set) {
+  if constexpr (std::is_same_v<T, float>) return {set.f32, set.dot_f32, set.dot_row_f32, set.pack_f32, set.stream_f32};
+  else return {set.f64, set.dot_f64, set.dot_row_f64, set.pack_f64, set.stream_f64};
+}
 
 struct Blocking {
   int64_t kc;  // depth of one packed block
@@ -77,70 +100,41 @@ struct Blocking {
   int64_t nc;  // columns of B per packed block (multiple of NR)
 };
 
-// Sizes measured best on this project's machine (AMD Zen 5: 48 KiB L1d, 1 MiB L2 per core,
-// 32 MiB shared L3; `benchmarks/bench_linear.py`): a kc x NR micro-panel of B of 64 KiB,
-// streamed from L2 while MR x kc panels of A pass over it; an mc x kc block of A of about
-// 192 KiB in L2; a kc x nc block of B in L3. Larger kc means fewer passes over C.
+// The profile's blocking (float32 element counts) for this kernel and scalar type: kc and nc
+// as given, mc scaled so that the A block keeps its bytes.
 template <typename T>
-Blocking blocking_for(const MicroKernel<T>& kernel) {
-  const int64_t elem = sizeof(T);
-  const int64_t kc = std::clamp<int64_t>((64 * 1024) / (kernel.nr * elem), 64, 512) / 8 * 8;
-  const int64_t mc = std::max<int64_t>(1, (192 * 1024) / (kc * elem) / kernel.mr) * kernel.mr;
-  const int64_t nc = std::max<int64_t>(1, 4096 / kernel.nr) * kernel.nr;
+Blocking blocking_for(const MicroKernel<T>& kernel, const CpuProfile& profile) {
+  const int64_t kc = std::max<int64_t>(8, profile.kc / 8 * 8);
+  const int64_t mc_rows = std::max<int64_t>(1, profile.mc * 4 / static_cast<int64_t>(sizeof(T)));
+  const int64_t mc = std::max<int64_t>(1, mc_rows / kernel.mr) * kernel.mr;
+  const int64_t nc = std::max<int64_t>(1, profile.nc / kernel.nr) * kernel.nr;
   return {kc, mc, nc};
 }
 
-// Packs A[ic:ic+mc, pc:pc+kc] into MR-row panels, panel[p * MR + i], rows past mc zeroed.
-// When row_sums is given, adds each packed row's sum over this kc block to row_sums[i].
+// Packs rows [0, rows) of A[row0:, pc:pc+kc] into MR-row panels, panel[p * MR + i], rows past
+// `rows` zeroed. When row_sums is given, adds each packed row's sum over this kc block to
+// row_sums[i] (k in order, so every run sums alike).
 template <typename T>
-void pack_a_block(const MatrixView<T>& a, int64_t ic, int64_t mc, int64_t pc, int64_t kc, int64_t mr,
-                  T* packed, T* row_sums) {
-  const bool rows_contiguous = a.col_stride <= a.row_stride;
-  for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-    const int64_t rows = std::min(mr, mc - i0);
+void pack_a_block(const Kernels<T>& k, const MatrixView<T>& a, int64_t row0, int64_t rows, int64_t pc, int64_t kc,
+                  int64_t mr, T* packed, T* row_sums) {
+  for (int64_t i0 = 0; i0 < rows; i0 += mr) {
+    const int64_t n = std::min(mr, rows - i0);
     T* panel = packed + i0 * kc;
-    // Walk the operand along its smaller stride so the reads are sequential.
-    if (rows_contiguous) {
-      for (int64_t i = 0; i < rows; ++i) {
-        const T* src = &a(ic + i0 + i, pc);
-        for (int64_t p = 0; p < kc; ++p) panel[p * mr + i] = src[p * a.col_stride];
-      }
-    } else {
-      for (int64_t p = 0; p < kc; ++p) {
-        const T* src = &a(ic + i0, pc + p);
-        for (int64_t i = 0; i < rows; ++i) panel[p * mr + i] = src[i * a.row_stride];
-      }
-    }
-    for (int64_t p = 0; p < kc; ++p)
-      for (int64_t i = rows; i < mr; ++i) panel[p * mr + i] = T(0);
+    k.pack(&a(row0 + i0, pc), a.row_stride, a.col_stride, n, kc, mr, panel);
     if (row_sums) {
-      for (int64_t i = 0; i < rows; ++i) {
-        T sum = 0;
-        for (int64_t p = 0; p < kc; ++p) sum += panel[p * mr + i];
-        row_sums[i0 + i] += sum;
-      }
+      T sums[64] = {};
+      for (int64_t p = 0; p < kc; ++p)
+        for (int64_t i = 0; i < n; ++i) sums[i] += panel[p * mr + i];
+      for (int64_t i = 0; i < n; ++i) row_sums[i0 + i] += sums[i];
     }
   }
 }
 
 // Packs one NR-column panel of B: panel[p * NR + j] = B(pc + p, j0 + j), columns past N zeroed.
 template <typename T>
-void pack_b_panel(const MatrixView<T>& b, int64_t pc, int64_t kc, int64_t j0, int64_t nr, T* panel) {
-  const int64_t cols = std::min(nr, b.cols - j0);
-  if (b.col_stride <= b.row_stride) {
-    for (int64_t p = 0; p < kc; ++p) {
-      const T* src = &b(pc + p, j0);
-      for (int64_t j = 0; j < cols; ++j) panel[p * nr + j] = src[j * b.col_stride];
-      for (int64_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
-    }
-  } else {
-    for (int64_t j = 0; j < cols; ++j) {
-      const T* src = &b(pc, j0 + j);
-      for (int64_t p = 0; p < kc; ++p) panel[p * nr + j] = src[p * b.row_stride];
-    }
-    for (int64_t p = 0; p < kc; ++p)
-      for (int64_t j = cols; j < nr; ++j) panel[p * nr + j] = T(0);
-  }
+void pack_b_panel(const Kernels<T>& k, const MatrixView<T>& b, int64_t pc, int64_t kc, int64_t j0, int64_t nr,
+                  T* panel) {
+  k.pack(&b(pc, j0), b.col_stride, b.row_stride, std::min(nr, b.cols - j0), kc, nr, panel);
 }
 
 template <typename T>
@@ -156,41 +150,47 @@ void fill_with_bias(const GemmArgs<T>& args, int64_t M, int64_t N) {
 }
 
 // The bias, contiguous and padded to whole tiles of `multiple` columns, so that full-width
-// vector loads in the micro-kernels never read past its end.
+// vector loads in the micro-kernels never read past its end. Lives in the calling thread's
+// scratch.
 template <typename T>
-class PaddedBias {
- public:
-  PaddedBias(const GemmArgs<T>& args, int64_t N, int64_t multiple) : buffer_(args.bias ? round_up(N, multiple) : 0) {
-    if (!args.bias) return;
-    const int64_t padded = round_up(N, multiple);
-    for (int64_t j = 0; j < N; ++j) buffer_.get()[j] = args.bias[j * args.bias_stride];
-    std::fill(buffer_.get() + N, buffer_.get() + padded, T(0));
-    data_ = buffer_.get();
+const T* padded_bias(const GemmArgs<T>& args, int64_t N, int64_t multiple) {
+  if (!args.bias) return nullptr;
+  const int64_t padded = round_up(N, multiple);
+  T* data = scratch_for<T>(ScratchSlot::Bias, padded);
+  for (int64_t j = 0; j < N; ++j) data[j] = args.bias[j * args.bias_stride];
+  std::fill(data + N, data + padded, T(0));
+  return data;
+}
+
+// Runs task(t) for t in [0, tasks) on the threads, each thread taking the next task when it
+// finishes one. Which thread runs a task does not change what the task computes.
+template <typename Fn>
+void run_tasks(int64_t tasks, bool parallel, const Fn& task) {
+  if (!parallel || tasks <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+    return;
   }
-  const T* get() const { return data_; }
-
- private:
-  AlignedBuffer<T> buffer_;
-  const T* data_ = nullptr;
-};
-
-// Below this many multiply-adds a thread hand-off costs more than it saves.
-constexpr int64_t kParallelMinMultiplyAdds = 48 * 48 * 48;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(tasks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) task(t);
+  });
+}
 
 // Thin products with both operands contiguous along k (the forward x @ W^T for a few rows
 // of x): dot products straight from the operands. Packing W would cost as much as the
 // arithmetic when so few rows of x reuse each of its elements.
 template <typename T>
-void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
+void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel, const CpuProfile& profile) {
   const MatrixView<T>& a = args.a;
   const MatrixView<T>& b = args.b;
   const int64_t M = a.rows, K = a.cols, N = b.cols;
   const int64_t mr = kernel.mr, nr = kernel.nr;
   // An nr x kc tile of B^T (16 KiB) stays in L1 while every row of A passes over it.
   const int64_t kc = (16 * 1024) / (nr * static_cast<int64_t>(sizeof(T)));
-  const PaddedBias<T> bias(args, N, nr);
+  const T* bias = padded_bias(args, N, nr);
   const int64_t n_tiles = ceil_div(N, nr);
-  const bool parallel = multiply_adds(M, N, K) >= kParallelMinMultiplyAdds;
+  const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
   const bool epilogue = has_epilogue(args);
 
   at::parallel_for(0, n_tiles, parallel ? 1 : n_tiles, [&](int64_t begin, int64_t end) {
@@ -199,7 +199,7 @@ void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
       const int64_t cols = std::min(nr, N - j);
       for (int64_t pc = 0; pc < K; pc += kc) {
         const int64_t depth = std::min(kc, K - pc);
-        const T* tile_bias = (bias.get() && pc + depth == K) ? bias.get() + j : nullptr;
+        const T* tile_bias = (bias && pc + depth == K) ? bias + j : nullptr;
         for (int64_t i = 0; i < M; i += mr) {
           kernel.run(depth, &a(i, pc), a.row_stride, &b(pc, j), b.col_stride, args.c + i * args.ldc + j, args.ldc,
                      std::min(mr, M - i), cols, pc > 0, tile_bias);
@@ -210,31 +210,103 @@ void gemm_dot(const GemmArgs<T>& args, const DotKernel<T>& kernel) {
   });
 }
 
+// Row sums of A for rows [i, i + rows), k in order.
 template <typename T>
-void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
+void direct_row_sums(const MatrixView<T>& a, int64_t i, int64_t rows, T* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T sum = 0;
+    for (int64_t p = 0; p < a.cols; ++p) sum += a(i + r, p);
+    out[i + r] = sum;
+  }
+}
+
+// The outer path: K <= stream_max_depth, B's rows contiguous. Groups of 4 rows of C, each
+// computed whole (all N columns) in one pass over B (K x N, in cache), split over the threads.
+template <typename T>
+void gemm_outer(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& profile) {
   const MatrixView<T>& a = args.a;
   const MatrixView<T>& b = args.b;
   const int64_t M = a.rows, K = a.cols, N = b.cols;
-  const int64_t mr = kernel.mr, nr = kernel.nr;
-  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements);
-  const Blocking blk = blocking_for(kernel);
-  if (args.a_row_sums) std::fill(args.a_row_sums, args.a_row_sums + M, T(0));
-  const PaddedBias<T> bias(args, N, nr);
+  const T* bias = padded_bias(args, N, 1);
+  const bool parallel = multiply_adds(M, N, std::max<int64_t>(K, 4)) >= profile.parallel_min_madds;
+  const bool epilogue = has_epilogue(args);
+  const int64_t groups = ceil_div(M, 4);
+  // A chunk of at least 64 KiB of C per thread hand-off.
+  const int64_t grain = parallel ? std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(4 * N, 1)) : groups;
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t i = g * 4, rows = std::min<int64_t>(4, M - i);
+      k.stream(K, &a(i, 0), a.row_stride, a.col_stride, rows, b.data, b.row_stride, N, args.c + i * args.ldc,
+               args.ldc, bias);
+      if (args.a_row_sums) direct_row_sums(a, i, rows, args.a_row_sums);
+      if (epilogue) gemm_epilogue(args, i, 0, rows, N);
+    }
+  });
+}
 
-  const bool parallel = multiply_adds(M, N, K) >= kParallelMinMultiplyAdds;
+// The gemv path: M <= gemv_max_rows (<= 4), B's rows contiguous. Column blocks of C (a few
+// KiB per row, in L1) split over the threads; each reads its strip of every row of B once.
+template <typename T>
+void gemm_gemv(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& profile) {
+  const MatrixView<T>& a = args.a;
+  const MatrixView<T>& b = args.b;
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const T* bias = padded_bias(args, N, 1);
+  const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
+  const bool epilogue = has_epilogue(args);
+  const int64_t block = std::max<int64_t>(64, profile.gemv_cols / 64 * 64);
+  const int64_t blocks = ceil_div(N, block);
+  at::parallel_for(0, blocks, parallel ? 1 : blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t jb = begin; jb < end; ++jb) {
+      const int64_t j = jb * block, cols = std::min(block, N - j);
+      k.stream(K, a.data, a.row_stride, a.col_stride, M, &b(0, j), b.row_stride, cols, args.c + j, args.ldc,
+               bias ? bias + j : nullptr);
+      if (epilogue) gemm_epilogue(args, 0, j, M, cols);
+    }
+  });
+  if (args.a_row_sums) direct_row_sums(a, 0, M, args.a_row_sums);
+}
+
+template <typename T>
+void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& profile) {
+  const MatrixView<T>& a = args.a;
+  const MatrixView<T>& b = args.b;
+  const MicroKernel<T>& kernel = k.broadcast;
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
+  const Blocking blk = blocking_for(kernel, profile);
+  if (args.a_row_sums) std::fill(args.a_row_sums, args.a_row_sums + M, T(0));
+  const T* bias = padded_bias(args, N, nr);
+
+  const int64_t madds = multiply_adds(M, N, K);
+  const bool parallel = madds >= profile.parallel_min_madds;
   const bool epilogue = has_epilogue(args);
   const int64_t threads = parallel ? at::get_num_threads() : 1;
-  // Row blocks of (nearly) equal height, as many as a multiple of the thread count when
-  // M needs several, so that no thread waits on another's extra block.
+  // One thread region for small products (one kc block, one nc block): each task packs its
+  // own B panels.
+  const bool small = K <= blk.kc && N <= blk.nc && madds <= profile.small_max_madds;
+
+  // Row blocks: whole MR-panels, split evenly.
+  const int64_t panels = ceil_div(M, mr);
   int64_t m_blocks = ceil_div(M, blk.mc);
   if (m_blocks > 1) m_blocks = round_up(m_blocks, threads);
-  const int64_t mc_step = round_up(ceil_div(M, m_blocks), mr);
-  m_blocks = ceil_div(M, mc_step);
+  // A small product is split along the larger of M and N only: each task then packs the
+  // smaller operand whole, and the larger one is packed once.
+  if (small) m_blocks = M >= N ? threads : 1;
+  m_blocks = std::clamp<int64_t>(m_blocks, 1, panels);
+  const auto block_rows = [&](int64_t block, int64_t& row0, int64_t& rows) {
+    const int64_t p0 = block * panels / m_blocks, p1 = (block + 1) * panels / m_blocks;
+    row0 = p0 * mr;
+    rows = std::min(M, p1 * mr) - row0;
+  };
+  const int64_t max_block_rows = ceil_div(panels, m_blocks) * mr;
   // With a single row block every element of B is used once per pass: packing it would
   // cost as much as using it. Where B's rows are contiguous the micro-kernel reads B in
   // place, and only a partial last panel (fewer than NR columns) is packed.
   const bool b_in_place = m_blocks == 1 && b.col_stride == 1;
-  AlignedBuffer<T> packed_b(b_in_place ? 0 : blk.kc * round_up(std::min(N, blk.nc), nr));
+  const bool b_shared = !b_in_place && !small;
+  T* packed_b = b_shared ? scratch_for<T>(ScratchSlot::PackedB, blk.kc * round_up(std::min(N, blk.nc), nr)) : nullptr;
 
   for (int64_t jc = 0; jc < N; jc += blk.nc) {
     const int64_t nc = std::min(blk.nc, N - jc);
@@ -250,57 +322,65 @@ void gemm_blocked(const GemmArgs<T>& args, const MicroKernel<T>& kernel) {
     for (int64_t pc = 0; pc < K; pc += blk.kc) {
       const int64_t kc = std::min(blk.kc, K - pc);
       const bool accumulate = pc > 0;
-      const T* tile_bias_base = (pc + kc == K) ? bias.get() : nullptr;
+      const T* tile_bias_base = (pc + kc == K) ? bias : nullptr;
       T* row_sums_pass = (jc == 0) ? args.a_row_sums : nullptr;
 
-      if (!b_in_place) {
+      if (b_shared) {
         at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
-          for (int64_t jp = begin; jp < end; ++jp)
-            pack_b_panel(b, pc, kc, jc + jp * nr, nr, packed_b.get() + jp * nr * kc);
+          for (int64_t jp = begin; jp < end; ++jp) pack_b_panel(k, b, pc, kc, jc + jp * nr, nr, packed_b + jp * nr * kc);
         });
       }
 
-      at::parallel_for(0, tasks, parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
-        AlignedBuffer<T> packed_a(mc_step * kc);
-        AlignedBuffer<T> edge_panel(b_in_place ? kc * nr : 0);
+      run_tasks(tasks, parallel, [&](int64_t task) {
         alignas(kCacheLine) T tile[kMaxTileElements];
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t ic = (task / n_chunks) * mc_step;
-          const int64_t chunk = task % n_chunks;
-          const int64_t mc = std::min(mc_step, M - ic);
-          T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
-          pack_a_block(a, ic, mc, pc, kc, mr, packed_a.get(), sums);
+        int64_t ic = 0, mc = 0;
+        block_rows(task / n_chunks, ic, mc);
+        const int64_t chunk = task % n_chunks;
+        T* packed_a = scratch_for<T>(ScratchSlot::PackedA, max_block_rows * kc);
+        T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
+        pack_a_block(k, a, ic, mc, pc, kc, mr, packed_a, sums);
 
-          const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
-          for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
-            const int64_t j = jc + jp * nr;
-            const int64_t cols = std::min(nr, N - j);
-            const T* b_panel = packed_b.get() + jp * nr * kc;
-            int64_t ldb = nr;
-            if (b_in_place && cols == nr) {
-              b_panel = &b(pc, j);
-              ldb = b.row_stride;
-            } else if (b_in_place) {
-              pack_b_panel(b, pc, kc, j, nr, edge_panel.get());
-              b_panel = edge_panel.get();
+        const int64_t jp_begin = chunk * panels_per_chunk;
+        const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+        // Private B panels: the whole chunk for a small product, else one edge panel.
+        T* private_b = b_shared ? nullptr
+                                : scratch_for<T>(ScratchSlot::Edge, kc * nr * (small && !b_in_place ? jp_end - jp_begin : 1));
+        if (small && !b_in_place) {
+          for (int64_t jp = jp_begin; jp < jp_end; ++jp)
+            pack_b_panel(k, b, pc, kc, jc + jp * nr, nr, private_b + (jp - jp_begin) * nr * kc);
+        }
+        for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
+          const int64_t j = jc + jp * nr;
+          const int64_t cols = std::min(nr, N - j);
+          const T* b_panel = nullptr;
+          int64_t ldb = nr;
+          if (b_shared) {
+            b_panel = packed_b + jp * nr * kc;
+          } else if (!b_in_place) {
+            b_panel = private_b + (jp - jp_begin) * nr * kc;
+          } else if (cols == nr) {
+            b_panel = &b(pc, j);
+            ldb = b.row_stride;
+          } else {
+            pack_b_panel(k, b, pc, kc, j, nr, private_b);
+            b_panel = private_b;
+          }
+          const T* tile_bias = tile_bias_base ? tile_bias_base + j : nullptr;
+          for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+            const int64_t rows = std::min(mr, mc - i0);
+            const T* a_panel = packed_a + i0 * kc;
+            T* c = args.c + (ic + i0) * args.ldc + j;
+            if (rows == mr && cols == nr) {
+              kernel.run(kc, a_panel, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
+            } else {
+              kernel.run(kc, a_panel, b_panel, ldb, tile, nr, false, tile_bias);
+              for (int64_t r = 0; r < rows; ++r)
+                for (int64_t q = 0; q < cols; ++q) {
+                  const T value = tile[r * nr + q];
+                  c[r * args.ldc + q] = accumulate ? c[r * args.ldc + q] + value : value;
+                }
             }
-            const T* tile_bias = tile_bias_base ? tile_bias_base + j : nullptr;
-            for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-              const int64_t rows = std::min(mr, mc - i0);
-              const T* a_panel = packed_a.get() + i0 * kc;
-              T* c = args.c + (ic + i0) * args.ldc + j;
-              if (rows == mr && cols == nr) {
-                kernel.run(kc, a_panel, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
-              } else {
-                kernel.run(kc, a_panel, b_panel, ldb, tile, nr, false, tile_bias);
-                for (int64_t r = 0; r < rows; ++r)
-                  for (int64_t q = 0; q < cols; ++q) {
-                    const T value = tile[r * nr + q];
-                    c[r * args.ldc + q] = accumulate ? c[r * args.ldc + q] + value : value;
-                  }
-              }
-              if (epilogue && pc + kc == K) gemm_epilogue(args, ic + i0, j, rows, cols);
-            }
+            if (epilogue && pc + kc == K) gemm_epilogue(args, ic + i0, j, rows, cols);
           }
         }
       });
@@ -336,42 +416,228 @@ void row_sums(const MatrixView<T>& m, T* out) {
   });
 }
 
-// Products this small cost less than packing them: they take the direct loop, which also
-// rounds like torch's own small matmuls (a multiply and an add per term, in k order).
-constexpr int64_t kDirectPathMaxMultiplyAdds = 4096;
-// The dot path pays off while few rows of A share each element of B (measured: up to
-// about 256 rows for W of 4096 x 4096, where the packed path catches up), and while k is
-// long enough to amortize the horizontal sums of its accumulators.
-constexpr int64_t kDotPathMaxRows = 192;
-constexpr int64_t kDotPathMinDepth = 64;
+namespace {
+
+enum class GemmPath { Reference, Direct, Empty, Outer, Gemv, Dot, Blocked };
+
+// The path rules of the header comment, in order. Shared by gemm() and gemm_path_name().
+GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
+                     int64_t b_col_stride, bool row_sums, bool have_kernels, const CpuProfile& profile) {
+  // Products this small cost less than packing them: they take the direct loop, which also
+  // rounds like torch's own small matmuls (a multiply and an add per term, in k order).
+  if (!have_kernels) return GemmPath::Reference;
+  if (multiply_adds(M, N, K) <= profile.direct_max_madds) return GemmPath::Direct;
+  if (M == 0 || N == 0 || K == 0) return GemmPath::Empty;
+  const bool b_rows_contiguous = b_col_stride == 1;
+  if (b_rows_contiguous && K <= profile.stream_max_depth) return GemmPath::Outer;
+  if (b_rows_contiguous && M <= std::min<int64_t>(profile.gemv_max_rows, 4)) return GemmPath::Gemv;
+  // The dot path pays off while few rows of A share each element of B (measured: up to
+  // about 256 rows for W of 4096 x 4096, where the packed path catches up), and while k is
+  // long enough to amortize the horizontal sums of its accumulators.
+  const bool operands_contiguous_along_k = a_col_stride == 1 && b_row_stride == 1;
+  if (operands_contiguous_along_k && !row_sums && M <= profile.dot_max_rows &&
+      (K >= profile.dot_min_depth || M <= profile.dot_thin_rows))
+    return GemmPath::Dot;
+  return GemmPath::Blocked;
+}
+
+}  // namespace
+
+const char* gemm_path_name(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
+                           int64_t b_col_stride, bool row_sums) {
+  switch (choose_path(M, N, K, a_col_stride, b_row_stride, b_col_stride, row_sums,
+                      selected_microkernels() != nullptr, cpu_profile())) {
+    case GemmPath::Reference: return "reference";
+    case GemmPath::Direct: return "direct";
+    case GemmPath::Empty: return "empty";
+    case GemmPath::Outer: return "outer";
+    case GemmPath::Gemv: return "gemv";
+    case GemmPath::Dot: return "dot";
+    case GemmPath::Blocked: return "blocked";
+  }
+  return "?";
+}
 
 template <typename T>
 void gemm(const GemmArgs<T>& args) {
   const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
   const MicroKernelSet* kernels = selected_microkernels();
-  if (kernels == nullptr || multiply_adds(M, N, K) <= kDirectPathMaxMultiplyAdds) {
+  const CpuProfile& profile = cpu_profile();
+  const GemmPath path = choose_path(M, N, K, args.a.col_stride, args.b.row_stride, args.b.col_stride,
+                                    args.a_row_sums != nullptr, kernels != nullptr, profile);
+  if (path == GemmPath::Reference || path == GemmPath::Direct) {
     gemm_reference(args);
     if (has_epilogue(args)) gemm_epilogue(args, 0, 0, M, N);
     return;
   }
-  if (M == 0) return;
-  if (N == 0 || K == 0) {
+  if (path == GemmPath::Empty) {
+    if (M == 0) return;
     fill_with_bias(args, M, N);
     if (has_epilogue(args)) gemm_epilogue(args, 0, 0, M, N);
     if (args.a_row_sums) row_sums(args.a, args.a_row_sums);
     return;
   }
-  const bool operands_contiguous_along_k = args.a.col_stride == 1 && args.b.row_stride == 1;
-  const bool dot_path = operands_contiguous_along_k && args.a_row_sums == nullptr && M <= kDotPathMaxRows &&
-                        K >= kDotPathMinDepth;
-  if constexpr (std::is_same_v<T, float>) {
-    if (!dot_path) return gemm_blocked(args, kernels->f32);
-    gemm_dot(args, M < kernels->dot_f32.mr ? kernels->dot_row_f32 : kernels->dot_f32);
-  } else {
-    if (!dot_path) return gemm_blocked(args, kernels->f64);
-    gemm_dot(args, M < kernels->dot_f64.mr ? kernels->dot_row_f64 : kernels->dot_f64);
+  const ScratchUse in_use;
+  const Kernels<T> k = kernels_of<T>(*kernels);
+  switch (path) {
+    case GemmPath::Outer: return gemm_outer(args, k, profile);
+    case GemmPath::Gemv: return gemm_gemv(args, k, profile);
+    case GemmPath::Dot: return gemm_dot(args, M < k.dot.mr ? k.dot_row : k.dot, profile);
+    default: return gemm_blocked(args, k, profile);
   }
 }
+
+// ----------------------------------------------------------------------------- reduced precision
+//
+// gemm_widened: bfloat16 / float16 operands, float32 arithmetic, one rounding of each result.
+// The blocked strategy above with three differences:
+//   - the pack kernels widen while they pack (PackWidenFn): no float32 copy of an operand;
+//   - kc covers all of K, so each tile of C is complete when the micro-kernel stores it into
+//     a float32 tile buffer: bias, preactivation and activation are applied in float32 there
+//     and the tile is rounded once into C (a pc loop would have to keep C in float32);
+//   - the A block and the B block shrink with K to keep the bytes of the profile's blocking.
+// Row sums (grad_bias) are summed in float32 from the packed panels and rounded once.
+// Products of at most direct_max_madds multiply-adds take a float32 reference loop.
+namespace {
+
+template <typename In>
+float widen_scalar(In v) {
+  return static_cast<float>(v);
+}
+
+template <typename In>
+void gemm_widened_reference(const GemmArgs<In>& args) {
+  const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float sum = 0;
+      for (int64_t p = 0; p < K; ++p) sum += widen_scalar(args.a(i, p)) * widen_scalar(args.b(p, j));
+      if (args.bias) sum += widen_scalar(args.bias[j * args.bias_stride]);
+      if (args.preactivation) args.preactivation[i * args.ld_preactivation + j] = In(sum);
+      args.c[i * args.ldc + j] = In(apply_activation(args.activation, sum));
+    }
+  if (args.a_row_sums) {
+    for (int64_t i = 0; i < M; ++i) {
+      float sum = 0;
+      for (int64_t p = 0; p < K; ++p) sum += widen_scalar(args.a(i, p));
+      args.a_row_sums[i] = In(sum);
+    }
+  }
+}
+
+template <typename In>
+PackWidenFn widening_pack(const MicroKernelSet& set) {
+  return std::is_same_v<In, c10::BFloat16> ? set.pack_bf16_f32 : set.pack_f16_f32;
+}
+
+template <typename In>
+void pack_widened_panel(PackWidenFn pack, const In* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
+                        int64_t depth, int64_t width, float* out) {
+  pack(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth, width, out);
+}
+
+template <typename In>
+void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, const CpuProfile& profile) {
+  const MatrixView<In>& a = args.a;
+  const MatrixView<In>& b = args.b;
+  const MicroKernel<float>& kernel = set.f32;
+  const PackWidenFn pack = widening_pack<In>(set);
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
+  const Blocking blk = blocking_for(kernel, profile);
+  // kc = K; the A block (mc x K) and the B block (K x nc) keep the bytes of the profile's
+  // mc x kc and kc x nc.
+  const int64_t mc = std::max<int64_t>(1, blk.mc * blk.kc / std::max<int64_t>(K, 1) / mr) * mr;
+  const int64_t nc = std::max<int64_t>(1, blk.nc * blk.kc / std::max<int64_t>(K, 1) / nr) * nr;
+
+  // bias in float32, padded to whole tiles
+  float* bias = nullptr;
+  if (args.bias) {
+    bias = scratch_for<float>(ScratchSlot::Bias, round_up(N, nr));
+    for (int64_t j = 0; j < round_up(N, nr); ++j) bias[j] = j < N ? widen_scalar(args.bias[j * args.bias_stride]) : 0.0f;
+  }
+  float* sums = args.a_row_sums ? scratch_for<float>(ScratchSlot::RowSums, M) : nullptr;
+  if (sums) std::fill(sums, sums + M, 0.0f);
+
+  const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
+  const int64_t threads = parallel ? at::get_num_threads() : 1;
+  const int64_t panels = ceil_div(M, mr);
+  int64_t m_blocks = ceil_div(M, mc);
+  if (m_blocks > 1) m_blocks = round_up(m_blocks, threads);
+  m_blocks = std::clamp<int64_t>(m_blocks, 1, panels);
+  const int64_t max_block_rows = ceil_div(panels, m_blocks) * mr;
+  float* packed_b = scratch_for<float>(ScratchSlot::PackedB, K * round_up(std::min(N, nc), nr));
+  const ActivationKernels<float>& activation = activation_kernels<float>(set);
+
+  for (int64_t jc = 0; jc < N; jc += nc) {
+    const int64_t width = std::min(nc, N - jc);
+    const int64_t n_panels = ceil_div(width, nr);
+    at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
+      for (int64_t jp = begin; jp < end; ++jp) {
+        const int64_t j0 = jc + jp * nr;
+        pack_widened_panel(pack, &b(0, j0), b.col_stride, b.row_stride, std::min(nr, N - j0), K, nr,
+                           packed_b + jp * nr * K);
+      }
+    });
+    int64_t n_chunks = std::clamp<int64_t>(threads / std::gcd(m_blocks, threads), 1, n_panels);
+    const int64_t panels_per_chunk = ceil_div(n_panels, n_chunks);
+    n_chunks = ceil_div(n_panels, panels_per_chunk);
+    run_tasks(m_blocks * n_chunks, parallel, [&](int64_t task) {
+      alignas(kCacheLine) float tile[kMaxTileElements];
+      const int64_t block = task / n_chunks, chunk = task % n_chunks;
+      const int64_t p0 = block * panels / m_blocks, p1 = (block + 1) * panels / m_blocks;
+      const int64_t ic = p0 * mr, rows_in_block = std::min(M, p1 * mr) - ic;
+      float* packed_a = scratch_for<float>(ScratchSlot::PackedA, max_block_rows * K);
+      for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
+        const int64_t n = std::min(mr, rows_in_block - i0);
+        float* panel = packed_a + i0 * K;
+        pack_widened_panel(pack, &a(ic + i0, 0), a.row_stride, a.col_stride, n, K, mr, panel);
+        if (sums && jc == 0 && chunk == 0) {
+          float s[64] = {};
+          for (int64_t p = 0; p < K; ++p)
+            for (int64_t i = 0; i < n; ++i) s[i] += panel[p * mr + i];
+          for (int64_t i = 0; i < n; ++i) sums[ic + i0 + i] = s[i];
+        }
+      }
+      const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+      for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
+        const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
+        for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
+          const int64_t rows = std::min(mr, rows_in_block - i0);
+          kernel.run(K, packed_a + i0 * K, packed_b + jp * nr * K, nr, tile, nr, false, bias ? bias + j : nullptr);
+          const int64_t i = ic + i0;
+          if (args.preactivation) {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t q = 0; q < cols; ++q)
+                args.preactivation[(i + r) * args.ld_preactivation + j + q] = In(tile[r * nr + q]);
+          }
+          if (args.activation != Activation::None) activation.activate(args.activation, tile, nr, tile, nr, rows, cols);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t q = 0; q < cols; ++q) args.c[(i + r) * args.ldc + j + q] = In(tile[r * nr + q]);
+        }
+      }
+    });
+  }
+  if (sums) for (int64_t i = 0; i < M; ++i) args.a_row_sums[i] = In(sums[i]);
+}
+
+}  // namespace
+
+template <typename In>
+void gemm_widened(const GemmArgs<In>& args) {
+  const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
+  const MicroKernelSet* kernels = selected_microkernels();
+  const CpuProfile& profile = cpu_profile();
+  if (kernels == nullptr || multiply_adds(M, N, K) <= profile.direct_max_madds || K == 0 || N == 0 || M == 0) {
+    return gemm_widened_reference(args);
+  }
+  const ScratchUse in_use;
+  gemm_widened_blocked(args, *kernels, profile);
+}
+
+template void gemm_widened<c10::BFloat16>(const GemmArgs<c10::BFloat16>&);
+template void gemm_widened<c10::Half>(const GemmArgs<c10::Half>&);
 
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);

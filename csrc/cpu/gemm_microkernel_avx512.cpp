@@ -3,6 +3,9 @@
 //   broadcast, float64: 12 x 16 tile, the same register shape with 8-lane vectors
 //   dot (thin forward): 4 x 4 tile = 16 zmm accumulators, 8 zmm loads per 16 (8) k steps;
 //                       1 x 8 for a single row
+//   packing: 16 x 16 (float32) and 8 x 8 (float64) in-register transposes, masked copies;
+//            bfloat16 / float16 widened to float32 on the way (vpmovzxwd + shift, vcvtph2ps)
+//   row streaming (thin backward): up to 4 rows x 4 zmm of C per k step
 // Each A value is broadcast straight from the packed panel into the FMA (the compiler
 // folds the set1 into an embedded-broadcast memory operand), so the 32 zmm registers
 // hold 24 accumulators + 2 B vectors with room to spare. Partial vectors in the dot
@@ -34,6 +37,40 @@ struct Float32x16 {
   static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static void store_first(float* p, Vec v, int64_t n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
+  // 16 bfloat16 (the high half of a float32) or float16 values to float32.
+  template <bool kHalf>
+  static Vec widen(const uint16_t* p) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (kHalf) return _mm512_cvtph_ps(bits);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  // 16 x 16 transpose: pairs of rows interleaved (unpack), then pairs of pairs (64-bit
+  // unpack), then 128-bit lanes regrouped twice (shuffle_f32x4): 64 shuffles for 256 values.
+  static void transpose(Vec (&r)[16]) {
+    Vec t[16], u[16];
+    for (int k = 0; k < 8; ++k) {
+      t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4g + j]: lane l holds rows 4g..4g+3 at column 4l + j
+    for (int g = 0; g < 4; ++g) {
+      const __m512d lo0 = _mm512_castps_pd(t[4 * g]), hi0 = _mm512_castps_pd(t[4 * g + 1]);
+      const __m512d lo1 = _mm512_castps_pd(t[4 * g + 2]), hi1 = _mm512_castps_pd(t[4 * g + 3]);
+      u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
+      u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
+      u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
+      u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
+    }
+    for (int j = 0; j < 4; ++j) {
+      const Vec x0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), y0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+      const Vec x1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88), y1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+      r[j] = _mm512_shuffle_f32x4(x0, x1, 0x88);
+      r[8 + j] = _mm512_shuffle_f32x4(x0, x1, 0xDD);
+      r[4 + j] = _mm512_shuffle_f32x4(y0, y1, 0x88);
+      r[12 + j] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
+    }
+  }
   static float sum(Vec v) { return _mm512_reduce_add_ps(v); }
   static Vec set1(float s) { return _mm512_set1_ps(s); }
   static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
@@ -69,6 +106,32 @@ struct Float64x8 {
   static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm512_add_pd(a, b); }
   static void store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
+  static void store_first(double* p, Vec v, int64_t n) { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
+  // 8 x 8 transpose: pairs of rows interleaved (unpack), then two rounds of two-source
+  // permutes (permutex2var) regrouping pairs and then halves.
+  static void transpose(Vec (&r)[8]) {
+    Vec t[8], u[8];
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm512_unpacklo_pd(r[2 * k], r[2 * k + 1]);      // columns 0 2 4 6 of rows 2k, 2k+1
+      t[2 * k + 1] = _mm512_unpackhi_pd(r[2 * k], r[2 * k + 1]);  // columns 1 3 5 7
+    }
+    const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    // u: rows 0-3 (g = 0) or 4-7 (g = 1) at columns {0,4}, {2,6}, {1,5}, {3,7}
+    for (int g = 0; g < 2; ++g) {
+      u[4 * g + 0] = _mm512_permutex2var_pd(t[4 * g], even, t[4 * g + 2]);
+      u[4 * g + 1] = _mm512_permutex2var_pd(t[4 * g], odd, t[4 * g + 2]);
+      u[4 * g + 2] = _mm512_permutex2var_pd(t[4 * g + 1], even, t[4 * g + 3]);
+      u[4 * g + 3] = _mm512_permutex2var_pd(t[4 * g + 1], odd, t[4 * g + 3]);
+    }
+    const __m512i low = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11);
+    const __m512i high = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+    const int column[4] = {0, 2, 1, 3};
+    for (int k = 0; k < 4; ++k) {
+      r[column[k]] = _mm512_permutex2var_pd(u[k], low, u[4 + k]);
+      r[column[k] + 4] = _mm512_permutex2var_pd(u[k], high, u[4 + k]);
+    }
+  }
   static double sum(Vec v) { return _mm512_reduce_add_pd(v); }
   static Vec set1(double s) { return _mm512_set1_pd(s); }
   static Vec mul(Vec a, Vec b) { return _mm512_mul_pd(a, b); }
@@ -101,6 +164,12 @@ MicroKernelSet microkernels_avx512() {
                             &panel_kernel<Float64x8, 4, 3>, &panel_kernel<Float64x8, 4, 4>}},
       ActivationKernels<float>{&activate_block<Float32x16>, &activation_gradient_block<Float32x16>},
       ActivationKernels<double>{&activate_block<Float64x8>, &activation_gradient_block<Float64x8>},
+      &pack_panel<Float32x16>,
+      &pack_panel<Float64x8>,
+      &stream_kernel<Float32x16>,
+      &stream_kernel<Float64x8>,
+      &pack_widened<Float32x16, false>,
+      &pack_widened<Float32x16, true>,
   };
 }
 

@@ -2,6 +2,10 @@
 // baseline instruction set, SSE2 on x86-64).
 //   broadcast: 4 x 8 tile;  dot (thin forward): 2 x 4 tile of scalar dot products
 //   panel (fused MLP): 4 x (8, 16, 24 or 32);  activations: the scalar formulas of activation.h
+//   packing: element by element;  row streaming: a row of C at a time
+#include <cmath>
+#include <cstring>
+
 #include "gemm_microkernels.h"
 
 namespace pylibnn::cpu {
@@ -88,6 +92,58 @@ void activation_gradient_block(Activation act, const T* grad, int64_t ldg, const
     }
 }
 
+template <typename T>
+void pack_panel(const T* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth, int64_t width,
+                T* out) {
+  for (int64_t p = 0; p < depth; ++p) {
+    for (int64_t i = 0; i < lines; ++i) out[p * width + i] = src[i * line_stride + p * depth_stride];
+    for (int64_t i = lines; i < width; ++i) out[p * width + i] = T(0);
+  }
+}
+
+// bfloat16: the high 16 bits of a float32. float16 (IEEE binary16): rebiased exponent,
+// subnormals scaled exactly, infinities and NaNs kept.
+float widen_bits(uint16_t h, bool half) {
+  uint32_t bits;
+  if (!half) {
+    bits = uint32_t(h) << 16;
+  } else {
+    const uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    if (exponent == 0) {
+      const float magnitude = std::ldexp(float(mantissa), -24);
+      return sign ? -magnitude : magnitude;
+    }
+    bits = exponent == 31 ? sign | 0x7f800000u | (mantissa << 13) : sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+template <bool kHalf>
+void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                  int64_t width, float* out) {
+  for (int64_t p = 0; p < depth; ++p) {
+    for (int64_t i = 0; i < lines; ++i) out[p * width + i] = widen_bits(src[i * line_stride + p * depth_stride], kHalf);
+    for (int64_t i = lines; i < width; ++i) out[p * width + i] = 0.0f;
+  }
+}
+
+// Rows of C updated by whole rows of B, k in steps of 4 (the SIMD sets' order of operations).
+template <typename T>
+void stream_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows, const T* b,
+                   int64_t ldb, int64_t cols, T* c, int64_t ldc, const T* bias) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* ci = c + i * ldc;
+    for (int64_t j = 0; j < cols; ++j) ci[j] = bias ? bias[j] : T(0);
+    for (int64_t p = 0; p < depth; ++p) {
+      const T ai = a[i * a_row_stride + p * a_col_stride];
+      const T* bp = b + p * ldb;
+      for (int64_t j = 0; j < cols; ++j) ci[j] += ai * bp[j];
+    }
+  }
+}
+
 }  // namespace
 
 MicroKernelSet microkernels_portable() {
@@ -107,6 +163,12 @@ MicroKernelSet microkernels_portable() {
                             &panel_kernel<double, 4, 4>}},
       ActivationKernels<float>{&activate_block<float>, &activation_gradient_block<float>},
       ActivationKernels<double>{&activate_block<double>, &activation_gradient_block<double>},
+      &pack_panel<float>,
+      &pack_panel<double>,
+      &stream_kernel<float>,
+      &stream_kernel<double>,
+      &pack_widened<false>,
+      &pack_widened<true>,
   };
 }
 

@@ -1,11 +1,12 @@
 // Micro-kernel templates shared by the SIMD translation units (avx512, avx2). Each of them
 // defines vector traits V (Scalar, Vec, lanes, zero, load, load_first, broadcast, fmadd,
-// add, store, sum, and the arithmetic the activations use; float64 traits also exp, tanh and
+// add, store, store_first, transpose (lanes x lanes in registers), sum, and the arithmetic the activations use; float64 traits also exp, tanh and
 // erf) and includes this file; everything here sits in an anonymous namespace,
 // so each translation unit compiles its own copy with its own -m flags and nothing
 // crosses between them at link time. See gemm_microkernels.h for what each kernel computes.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -127,6 +128,196 @@ void dot_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const type
       Scalar* cij = c + i * ldc + j;
       *cij = accumulate ? *cij + value : value;
     }
+}
+
+// Packing kernel (gemm_microkernels.h, PackFn). Needs V::transpose (an L x L block of
+// vectors, L = lanes, in registers) and V::store_first (the first n lanes).
+template <typename V>
+void pack_panel(const typename V::Scalar* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
+                int64_t depth, int64_t width, typename V::Scalar* out) {
+  using Scalar = typename V::Scalar;
+  using Vec = typename V::Vec;
+  constexpr int64_t L = V::lanes;
+  if (depth_stride == 1 && lines > 1) {
+    // Each line is contiguous along depth: load L lines x L depth steps, transpose, and store
+    // each depth step's L lines at once. Lines past `lines` are zero vectors.
+    for (int64_t i0 = 0; i0 < width; i0 += L) {
+      const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+      const int64_t n_out = std::min<int64_t>(L, width - i0);
+      for (int64_t p0 = 0; p0 < depth; p0 += L) {
+        const int64_t n_depth = std::min<int64_t>(L, depth - p0);
+        Vec v[L];
+#pragma GCC unroll 16
+        for (int64_t r = 0; r < L; ++r) {
+          const Scalar* line = src + (i0 + r) * line_stride + p0;
+          v[r] = r >= n_lines ? V::zero() : (n_depth == L ? V::load(line) : V::load_first(line, n_depth));
+        }
+        V::transpose(v);
+        Scalar* dst = out + p0 * width + i0;
+        if (n_out == L && n_depth == L) {
+#pragma GCC unroll 16
+          for (int64_t q = 0; q < L; ++q) V::store(dst + q * width, v[q]);
+        } else {
+          for (int64_t q = 0; q < n_depth; ++q) V::store_first(dst + q * width, v[q], n_out);
+        }
+      }
+    }
+  } else if (line_stride == 1) {
+    // Each depth step is contiguous across lines: masked vector copies, zeros past `lines`.
+    for (int64_t p = 0; p < depth; ++p) {
+      const Scalar* step = src + p * depth_stride;
+      Scalar* dst = out + p * width;
+      for (int64_t i0 = 0; i0 < width; i0 += L) {
+        const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+        const Vec v = n_lines == L ? V::load(step + i0) : (n_lines > 0 ? V::load_first(step + i0, n_lines) : V::zero());
+        const int64_t n_out = std::min<int64_t>(L, width - i0);
+        if (n_out == L) V::store(dst + i0, v);
+        else V::store_first(dst + i0, v, n_out);
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < depth; ++p) {
+      for (int64_t i = 0; i < lines; ++i) out[p * width + i] = src[i * line_stride + p * depth_stride];
+      for (int64_t i = lines; i < width; ++i) out[p * width + i] = Scalar(0);
+    }
+  }
+}
+
+// Widening packing kernel (gemm_microkernels.h, PackWidenFn): pack_panel's three cases with
+// every load converting L bfloat16 / float16 values to float32 (V::widen<kHalf>). Partial
+// vectors go through a zeroed stack copy (masked 16-bit loads would need AVX512-BW).
+template <typename V, bool kHalf>
+typename V::Vec widen_first(const uint16_t* p, int64_t n) {
+  uint16_t tmp[V::lanes] = {};
+  for (int64_t k = 0; k < n; ++k) tmp[k] = p[k];
+  return V::template widen<kHalf>(tmp);
+}
+
+template <typename V, bool kHalf>
+void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                  int64_t width, float* out) {
+  using Vec = typename V::Vec;
+  constexpr int64_t L = V::lanes;
+  if (depth_stride == 1 && lines > 1) {
+    for (int64_t i0 = 0; i0 < width; i0 += L) {
+      const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+      const int64_t n_out = std::min<int64_t>(L, width - i0);
+      for (int64_t p0 = 0; p0 < depth; p0 += L) {
+        const int64_t n_depth = std::min<int64_t>(L, depth - p0);
+        Vec v[L];
+#pragma GCC unroll 16
+        for (int64_t r = 0; r < L; ++r) {
+          const uint16_t* line = src + (i0 + r) * line_stride + p0;
+          v[r] = r >= n_lines ? V::zero()
+                              : (n_depth == L ? V::template widen<kHalf>(line) : widen_first<V, kHalf>(line, n_depth));
+        }
+        V::transpose(v);
+        float* dst = out + p0 * width + i0;
+        if (n_out == L && n_depth == L) {
+#pragma GCC unroll 16
+          for (int64_t q = 0; q < L; ++q) V::store(dst + q * width, v[q]);
+        } else {
+          for (int64_t q = 0; q < n_depth; ++q) V::store_first(dst + q * width, v[q], n_out);
+        }
+      }
+    }
+  } else if (line_stride == 1) {
+    for (int64_t p = 0; p < depth; ++p) {
+      const uint16_t* step = src + p * depth_stride;
+      float* dst = out + p * width;
+      for (int64_t i0 = 0; i0 < width; i0 += L) {
+        const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+        const Vec v = n_lines == L ? V::template widen<kHalf>(step + i0) : widen_first<V, kHalf>(step + i0, n_lines);
+        const int64_t n_out = std::min<int64_t>(L, width - i0);
+        if (n_out == L) V::store(dst + i0, v);
+        else V::store_first(dst + i0, v, n_out);
+      }
+    }
+  } else {
+    for (int64_t p = 0; p < depth; ++p) {
+      uint16_t line[V::lanes];
+      for (int64_t i0 = 0; i0 < width; i0 += L) {
+        const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+        for (int64_t i = 0; i < n_lines; ++i) line[i] = src[(i0 + i) * line_stride + p * depth_stride];
+        const Vec v = widen_first<V, kHalf>(line, n_lines);
+        V::store_first(out + p * width + i0, v, std::min<int64_t>(L, width - i0));
+      }
+    }
+  }
+}
+
+// Row-streaming kernel (gemm_microkernels.h, StreamKernelFn): up to 4 rows of C by NV vectors
+// of columns in registers (4 zmm: 16 accumulators of 32; 2 ymm: 8 of 16), k in steps of 4
+// with C reloaded between steps.
+template <typename V, int R>
+void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
+                 const typename V::Scalar* b, int64_t ldb, int64_t cols, typename V::Scalar* c, int64_t ldc,
+                 const typename V::Scalar* bias) {
+  using Scalar = typename V::Scalar;
+  using Vec = typename V::Vec;
+  constexpr int64_t L = V::lanes;
+  constexpr int64_t kStep = 4;
+  constexpr int NV = L >= 16 ? 4 : 2;
+  for (int64_t p0 = 0; p0 < depth || p0 == 0; p0 += kStep) {
+    const int64_t steps = std::min<int64_t>(kStep, depth - p0);
+    Scalar av[R][kStep];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int64_t q = 0; q < kStep; ++q) av[i][q] = q < steps ? a[i * a_row_stride + (p0 + q) * a_col_stride] : Scalar(0);
+    const Scalar* bp = b + p0 * ldb;
+    int64_t j = 0;
+    for (; j + NV * L <= cols; j += NV * L) {
+      Vec acc[R][NV];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          acc[i][v] = p0 > 0 ? V::load(c + i * ldc + j + v * L) : (bias ? V::load(bias + j + v * L) : V::zero());
+      for (int64_t q = 0; q < steps; ++q) {
+        Vec bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bv[v] = V::load(bp + q * ldb + j + v * L);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) {
+          const Vec ai = V::set1(av[i][q]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) V::store(c + i * ldc + j + v * L, acc[i][v]);
+    }
+    for (; j < cols; j += L) {  // the last columns, one (possibly partial) vector at a time
+      const int64_t n = std::min<int64_t>(L, cols - j);
+      Vec acc[R];
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+        acc[i] = p0 > 0 ? V::load_first(c + i * ldc + j, n) : (bias ? V::load_first(bias + j, n) : V::zero());
+      for (int64_t q = 0; q < steps; ++q) {
+        const Vec bv = V::load_first(bp + q * ldb + j, n);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) acc[i] = V::fmadd(V::set1(av[i][q]), bv, acc[i]);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) V::store_first(c + i * ldc + j, acc[i], n);
+    }
+    if (depth == 0) break;
+  }
+}
+
+template <typename V>
+void stream_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
+                   int64_t rows, const typename V::Scalar* b, int64_t ldb, int64_t cols, typename V::Scalar* c,
+                   int64_t ldc, const typename V::Scalar* bias) {
+  switch (rows) {
+    case 1: return stream_rows<V, 1>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    case 2: return stream_rows<V, 2>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    case 3: return stream_rows<V, 3>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    default: return stream_rows<V, 4>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+  }
 }
 
 }  // namespace

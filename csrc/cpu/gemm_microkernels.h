@@ -47,6 +47,35 @@ struct DotKernel {
   DotKernelFn<T> run;
 };
 
+// Packing kernel: `width` lines of a strided operand, interleaved along depth, lines past
+// `lines` zeroed (lines <= width <= 64):
+//   out[p * width + i] = i < lines ? src[i * line_stride + p * depth_stride] : 0     p < depth
+// An A panel is MR rows (line = row of A, depth = k); a B panel is NR columns (line = column
+// of B, depth = k). Lines contiguous along depth (depth_stride == 1: x and W in the forward)
+// go through L x L in-register transposes; depth steps contiguous across lines
+// (line_stride == 1: the backward's operands) through masked vector copies; anything else
+// element by element.
+template <typename T>
+using PackFn = void (*)(const T* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                        int64_t width, T* out);
+
+// Widening packing kernel: PackFn's layout, from bfloat16 or float16 bits (uint16_t) to
+// float32, so reduced-precision operands are converted while they are packed and no
+// whole-tensor float32 copy exists.
+using PackWidenFn = void (*)(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
+                             int64_t depth, int64_t width, float* out);
+
+// Row-streaming kernel, for thin products whose B rows are contiguous (b[p * ldb + j]):
+//   c[i * ldc + j] = (bias ? bias[j] : 0) + sum_p a[i * a_row_stride + p * a_col_stride] * b[p * ldb + j]
+//                                                     i < rows (<= 4), j < cols, p < depth
+// k runs outermost in steps of 4, and each step streams whole rows of B past the rows of C
+// (which stay in L1 when the caller keeps cols to a few KiB): the outer product of a
+// depth-1..4 grad_weight writes C exactly once, and the GEMV of a 1..4-row grad_input reads W
+// once, row by row, instead of in NR-column strips.
+template <typename T>
+using StreamKernelFn = void (*)(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows,
+                                const T* b, int64_t ldb, int64_t cols, T* c, int64_t ldc, const T* bias);
+
 // Panel kernel, for the fused MLP (mlp_cpu.cpp): one MR x (nv * lanes) tile of
 //   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a[i * a_row_stride + p * a_col_stride] * b[p * ldb + j]
 //                    + (bias ? bias[j] : 0)                  for i < MR, j < nv * lanes, p < depth
@@ -91,6 +120,12 @@ struct MicroKernelSet {
   PanelKernels<double> panel_f64;
   ActivationKernels<float> activation_f32;
   ActivationKernels<double> activation_f64;
+  PackFn<float> pack_f32;
+  PackFn<double> pack_f64;
+  StreamKernelFn<float> stream_f32;
+  StreamKernelFn<double> stream_f64;
+  PackWidenFn pack_bf16_f32;
+  PackWidenFn pack_f16_f32;
 };
 
 MicroKernelSet microkernels_portable();

@@ -376,9 +376,41 @@ void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const 
 
 }  // namespace
 
+namespace {
+
+bool is_reduced_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+at::Tensor to_float(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+at::Tensor float_like(const at::Tensor& t) {
+  return t.defined() ? at::empty(t.sizes(), t.options().dtype(at::kFloat)) : t;
+}
+std::vector<at::Tensor> to_float(at::TensorList tensors) {
+  std::vector<at::Tensor> wide;
+  for (const at::Tensor& t : tensors) wide.push_back(to_float(t));
+  return wide;
+}
+
+}  // namespace
+
+// bfloat16 / float16: the fused MLP's panel kernels read float32, so the operands are widened
+// to float32 copies (small networks: a few KiB), the float32 op runs and each result is
+// rounded once into the reduced-precision outputs.
 void CpuBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
                              const c10::List<std::optional<at::Tensor>>& biases, Activation act,
                              const at::Tensor& output, const at::Tensor& hidden) {
+  if (is_reduced_precision(input)) {
+    c10::List<std::optional<at::Tensor>> wide_biases;
+    for (size_t l = 0; l < biases.size(); ++l) {
+      const std::optional<at::Tensor> b = biases.get(l);
+      wide_biases.push_back(b.has_value() && b->defined() ? std::optional<at::Tensor>(to_float(*b)) : std::nullopt);
+    }
+    const at::Tensor output32 = float_like(output), hidden32 = float_like(hidden);
+    mlp_forward(to_float(input), to_float(weights), wide_biases, act, output32, hidden32);
+    output.copy_(output32);
+    if (hidden.defined()) hidden.copy_(hidden32);
+    return;
+  }
   const int64_t M = input.size(0);
   const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
@@ -404,6 +436,19 @@ void CpuBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
 void CpuBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
                               const at::Tensor& hidden, Activation act, const at::Tensor& grad_input,
                               const std::vector<at::Tensor>& grad_weights, const std::vector<at::Tensor>& grad_biases) {
+  if (is_reduced_precision(input)) {
+    const at::Tensor grad_input32 = float_like(grad_input);
+    std::vector<at::Tensor> grad_weights32, grad_biases32;
+    for (const at::Tensor& g : grad_weights) grad_weights32.push_back(float_like(g));
+    for (const at::Tensor& g : grad_biases) grad_biases32.push_back(float_like(g));
+    mlp_backward(to_float(grad_output), to_float(input), to_float(weights), to_float(hidden), act, grad_input32,
+                 grad_weights32, grad_biases32);
+    if (grad_input.defined()) grad_input.copy_(grad_input32);
+    for (size_t l = 0; l < grad_weights.size(); ++l) grad_weights[l].copy_(grad_weights32[l]);
+    for (size_t l = 0; l < grad_biases.size(); ++l)
+      if (grad_biases[l].defined()) grad_biases[l].copy_(grad_biases32[l]);
+    return;
+  }
   const int64_t M = input.size(0);
   const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);

@@ -1,0 +1,71 @@
+// Tuning profiles of the CPU GEMM engine, one per microarchitecture (as BLIS's config/<arch>
+// contexts and OpenBLAS's per-core parameter tables): the kernel set to prefer, the cache
+// blocking and the thresholds that choose between the engine's paths. Picked once, at load,
+// from CPUID (vendor, family, model) and the cache sizes (leaf 4 on Intel, 0x8000001D on
+// AMD); a CPU with no profile of its own gets values derived from its caches.
+//
+//   PYLIBNN_CPU_PROFILE=<name>       force a profile (names: cpu_profile_names())
+//   PYLIBNN_CPU_<PARAMETER>=<value>  override one parameter (KC, MC, NC, DOT_MAX_ROWS, ...;
+//                                    the list is cpu_profile_parameters())
+// Both are read at load; set_cpu_profile() / set_cpu_profile_parameter() change them at run
+// time (the sweep script, benchmarks/sweep_profile.py, does so).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pylibnn::cpu {
+
+struct CpuId {
+  std::string vendor;  // "GenuineIntel", "AuthenticAMD", ...
+  int family = 0;      // display family (base + extended)
+  int model = 0;       // display model (extended model included)
+  int64_t l1d = 0;     // bytes per core
+  int64_t l2 = 0;      // bytes per core
+  int64_t l3 = 0;      // bytes, the whole cache
+  bool avx512_bf16 = false;
+};
+
+struct CpuProfile {
+  std::string name;
+  std::string origin;    // why this profile: "CPUID match", "derived from caches", "PYLIBNN_CPU_PROFILE"
+  std::string measured;  // where its numbers come from (stated, not assumed)
+  std::string isa;       // preferred micro-kernel set, when the CPU supports it
+  // Blocking of the broadcast path, in float32 elements for the widest kernel (float64 keeps
+  // kc and nc and halves mc, so the A block keeps its bytes).
+  int64_t kc = 512;  // depth of a packed block
+  int64_t mc = 96;   // rows of A per task (rounded to MR)
+  int64_t nc = 4096; // columns of B per packed block (rounded to NR)
+  // Path thresholds (gemm_engine.cpp applies them in this order).
+  int64_t direct_max_madds = 4096;     // reference loop at or below this many multiply-adds
+  int64_t stream_max_depth = 4;        // outer-product path for depth (K of the product) <= this
+  int64_t gemv_max_rows = 4;           // GEMV path for rows (M) <= this (at most 4)
+  int64_t gemv_cols = 1024;            // columns of C per GEMV task (a few KiB per row in L1)
+  int64_t dot_max_rows = 192;          // dot path for M <= this and K >= dot_min_depth,
+  int64_t dot_min_depth = 64;          // ...
+  int64_t dot_thin_rows = 16;          // ... or for M <= this at any K (the 12-row tiles would idle)
+  int64_t parallel_min_madds = 110592; // one thread below (48^3)
+  int64_t small_max_madds = 0;         // one thread region per call (private B packing) at or below
+};
+
+const CpuId& cpu_id();
+
+// The profile in use now.
+const CpuProfile& cpu_profile();
+
+std::vector<std::string> cpu_profile_names();
+std::vector<std::string> cpu_profile_parameters();
+
+// Replaces the profile in use by the named one ("auto": the one CPUID picks), environment
+// overrides applied. Unknown names raise.
+void set_cpu_profile(const std::string& name);
+// Sets one integer parameter of the profile in use. Unknown names and values < 0 raise.
+void set_cpu_profile_parameter(const std::string& name, int64_t value);
+
+// name -> value of every parameter, plus the CPU and the profile's name and origin: what
+// build_info()["cpu_profile"] reports.
+std::vector<std::pair<std::string, std::string>> cpu_profile_description();
+
+}  // namespace pylibnn::cpu

@@ -1,0 +1,409 @@
+"""The CPU GEMM engine (csrc/cpu/): its paths and the rules that choose them, the packing
+kernels of every instruction set, the even split over threads, the persistent packing
+memory, and the tuning profiles.
+
+Every value is checked against float64 F.linear with the op database's bound (conftest /
+tests/opdb.py; per element ERROR_FACTOR[dtype] * eps(dtype) * sqrt(depth) * the same sum over
+absolute values, factor 2 for float32, 4 for float64); bfloat16 / float16 with one rounding
+on top (assert_rounded_once). The paths are forced through the profile's parameters
+(pylibnn._C.set_cpu_profile_parameter), so each test exercises the path it names whatever
+profile this CPU gets; pylibnn._C.cpu_gemm_path says which path a product takes.
+"""
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pylibnn
+from conftest import DTYPES, assert_close_to_reference, make_tensor, reference_linear, seed_for
+
+_C = pylibnn._C
+ops = torch.ops.pylibnn
+
+
+@pytest.fixture
+def profile():
+    """Sets profile parameters for one test; the CPUID-chosen profile comes back afterwards."""
+    yield _C.set_cpu_profile_parameter
+    _C.set_cpu_profile("auto")
+
+
+def check_linear(x, w, b, gy, what):
+    """Forward and all three gradients of the ops against float64."""
+    ref = reference_linear(x, w, b, gy)
+    y = ops.linear_forward(x, w, b)
+    gx, gw, gb = ops.linear_backward(gy, x, w, [True, True, b is not None])
+    for name, value in (("output", y), ("grad_input", gx), ("grad_weight", gw)) + (
+            (("grad_bias", gb),) if b is not None else ()):
+        expected, bound = ref[name]
+        assert_close_to_reference(value, expected, bound, x.dtype, f"{what}: {name}")
+
+
+# The op database's rule for a sum of `depth` products (tests/opdb.py): ERROR_FACTOR[dtype] *
+# eps(dtype) * sqrt(depth) * the same sum over absolute values.
+ERROR_FACTOR = {torch.float32: 2.0, torch.float64: 4.0}
+
+
+def sum_bound(magnitude, depth):
+    return lambda dtype: ERROR_FACTOR[dtype] * torch.finfo(dtype).eps * max(depth, 1) ** 0.5 * magnitude
+
+
+def random_case(M, K, N, dtype, bias=True):
+    seed = seed_for(M, K, N)
+    x = make_tensor((M, K), dtype, "cpu", seed)
+    w = make_tensor((N, K), dtype, "cpu", seed + 1)
+    b = make_tensor((N,), dtype, "cpu", seed + 2) if bias else None
+    gy = make_tensor((M, N), dtype, "cpu", seed + 3)
+    return x, w, b, gy
+
+
+# --------------------------------------------------------------------------- path rules
+
+def backward_paths(M, K, N):
+    """The paths of linear_backward's two products for contiguous operands (linear_cpu.cpp:
+    grad_input = dy @ W, grad_weight = dy^T @ x with row sums)."""
+    grad_input = _C.cpu_gemm_path(M, K, N, 1, K, 1, False)
+    grad_weight = _C.cpu_gemm_path(N, K, M, N, K, 1, True)
+    return grad_input, grad_weight
+
+
+def forward_path(M, K, N):
+    return _C.cpu_gemm_path(M, N, K, 1, 1, K, False)
+
+
+def test_path_rules_follow_the_profile(profile):
+    profile("direct_max_madds", 4096)
+    profile("stream_max_depth", 4)
+    profile("gemv_max_rows", 4)
+    profile("dot_max_rows", 192)
+    profile("dot_min_depth", 128)
+    profile("dot_thin_rows", 16)
+    assert forward_path(4, 3, 3) == "direct"
+    # batch 1..4: grad_weight is an outer product (depth = batch), grad_input a GEMV
+    for batch in (1, 2, 4):
+        assert backward_paths(batch, 4096, 4096) == ("gemv", "outer")
+    assert backward_paths(5, 4096, 4096) == ("blocked", "blocked")
+    # the forward of a thin batch reads x and W in place (dot) once K is deep enough
+    assert forward_path(1, 4096, 4096) == "dot"
+    assert forward_path(192, 128, 512) == "dot"
+    assert forward_path(193, 128, 512) == "blocked"
+    assert forward_path(64, 64, 64) == "blocked"
+    assert forward_path(16, 64, 1024) == "dot" and forward_path(17, 64, 1024) == "blocked"
+    # the thresholds are the profile's
+    profile("dot_min_depth", 64)
+    assert forward_path(64, 64, 64) == "dot"
+    profile("stream_max_depth", 0)
+    profile("gemv_max_rows", 0)
+    assert backward_paths(1, 4096, 4096) == ("blocked", "blocked")
+    # B's rows must be contiguous for the streaming paths
+    assert _C.cpu_gemm_path(300, 200, 1, 300, 200, 200, True) == "blocked"
+
+
+def test_reference_isa_reports_reference():
+    pylibnn.ops.set_cpu_isa("reference")
+    try:
+        assert forward_path(64, 64, 64) == "reference"
+    finally:
+        pylibnn.ops.set_cpu_isa("auto")
+
+
+# --------------------------------------------------------------------------- each path, each ISA
+
+# (M, K, N) of the layer and the parameters that send its products down one path.
+PATH_CASES = [
+    # outer (grad_weight, depth = batch 1..4) and gemv (grad_input, 1..4 rows): columns not
+    # a multiple of any vector, several GEMV column blocks (gemv_cols = 64)
+    ("outer+gemv", (1, 300, 517), {"gemv_cols": 64}),
+    ("outer+gemv", (3, 129, 70), {}),
+    ("outer+gemv", (4, 1000, 33), {"gemv_cols": 64}),
+    # outer with depth > 4 (C reloaded between steps of 4 along k)
+    ("outer-deep", (13, 77, 300), {"stream_max_depth": 16}),
+    # blocked, one thread region (small), split along M (M >= N) and along N (M < N)
+    ("small", (64, 64, 64), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
+    ("small", (100, 70, 50), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
+    ("small", (30, 90, 200), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
+    # blocked with shared B packing, tiny blocks: many kc / mc / nc blocks, uneven panels
+    ("blocked", (200, 300, 150), {"small_max_madds": 0, "kc": 24, "mc": 24, "nc": 64, "dot_max_rows": 0}),
+    ("blocked-thin", (5, 300, 150), {"small_max_madds": 0, "dot_max_rows": 0, "gemv_max_rows": 0,
+                                     "stream_max_depth": 0}),
+    ("blocked", (97, 1030, 45), {"small_max_madds": 0, "kc": 512, "dot_max_rows": 0}),
+    # dot with every row count (1 row kernel and the tile kernel)
+    ("dot", (1, 700, 37), {"dot_min_depth": 1}),
+    ("dot", (9, 257, 70), {"dot_min_depth": 1}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path,shape,params", PATH_CASES, ids=[f"{p}-{m}x{k}x{n}" for p, (m, k, n), _ in PATH_CASES])
+def test_paths_match_float64(cpu_isa, profile, path, shape, params, dtype):
+    for name, value in params.items():
+        profile(name, value)
+    M, K, N = shape
+    check_linear(*random_case(M, K, N, dtype), f"{path} isa={cpu_isa} {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [1, 3, 5, 8, 15, 16, 17, 31, 33, 130])
+def test_packing_depth_tails(cpu_isa, profile, K, dtype):
+    # The forward packs x and W (both contiguous along k) through the in-register
+    # transposes: every remainder of 16 / 8 / 4 along k, rows past MR and columns past NR.
+    profile("dot_max_rows", 0)
+    profile("stream_max_depth", 0)
+    profile("small_max_madds", 0)
+    M, N = 29, 45
+    check_linear(*random_case(M, K, N, dtype), f"pack isa={cpu_isa} K={K}")
+
+
+def strided_operands(kind, dtype):
+    M, K, N = 37, 90, 70
+    x, w, b, gy = random_case(M, K, N, dtype)
+    if kind == "transposed":
+        x = x.t().contiguous().t()
+        w = w.t().contiguous().t()
+    elif kind == "sliced":
+        x = make_tensor((M + 3, 2 * K + 5), dtype, "cpu", 11)[3:, 5::2]
+        w = make_tensor((N, 3 * K), dtype, "cpu", 12)[:, ::3]
+    elif kind == "expanded":
+        x = make_tensor((1, K), dtype, "cpu", 13).expand(M, K)
+        w = make_tensor((N, 1), dtype, "cpu", 14).expand(N, K)
+    return x, w, b, gy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["transposed", "sliced", "expanded"])
+@pytest.mark.parametrize("small", [False, True], ids=["shared-B", "small"])
+def test_packing_strided_operands(cpu_isa, profile, kind, small, dtype):
+    profile("dot_max_rows", 0)
+    profile("small_max_madds", (1 << 40) if small else 0)
+    check_linear(*strided_operands(kind, dtype), f"strided {kind} isa={cpu_isa}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_even_split_bitwise_across_thread_counts(cpu_isa, profile, dtype):
+    # 512 rows in 43 panels of 12 over 6 row blocks (7 or 8 panels each), tasks picked up
+    # dynamically: the thread count and the order of pick-up never change the bits.
+    profile("dot_max_rows", 0)
+    x, w, b, gy = random_case(512, 300, 260, dtype)
+    saved = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append((ops.linear_forward(x, w, b), *ops.linear_backward(gy, x, w, [True, True, True])))
+    finally:
+        torch.set_num_threads(saved)
+    for run in results[1:]:
+        for name, first, again in zip(("output", "grad_input", "grad_weight", "grad_bias"), results[0], run):
+            assert torch.equal(first, again), f"{name} differs between thread counts"
+
+
+# --------------------------------------------------------------------------- packing memory
+
+def run_layer(x, w, b, gy):
+    ops.linear_forward(x, w, b)
+    ops.linear_backward(gy, x, w, [True, True, True])
+
+
+def test_scratch_is_reused_without_page_faults():
+    # Repeated calls of one shape map nothing new (maps unchanged) and fault no pages in:
+    # the packing memory persists. The fault count is the whole process's (torch's output
+    # tensors, OpenMP threads) over 20 calls of forward + backward at 512^3, which took 240-528
+    # faults per call when the packing buffers were malloc'd per call; a page or two per call
+    # is left for torch's allocator.
+    x, w, b, gy = random_case(512, 512, 512, torch.float32)
+    for _ in range(3):
+        run_layer(x, w, b, gy)
+    maps_before = _C.cpu_scratch_stats()["maps"]
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    calls = 20
+    for _ in range(calls):
+        run_layer(x, w, b, gy)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    assert _C.cpu_scratch_stats()["maps"] == maps_before, "packing memory was mapped again in steady state"
+    assert faults <= 2 * calls, f"{faults} minor page faults over {calls} calls"
+
+
+def test_scratch_is_bounded_and_released():
+    x, w, b, gy = random_case(700, 600, 500, torch.float32)
+    run_layer(x, w, b, gy)
+    stats = _C.cpu_scratch_stats()
+    assert stats["mapped_bytes"] > 0 and stats["regions"] > 0
+    # Bounded by the blocking, not by the operands: a layer 4x as large in every dimension
+    # maps at most the kc x nc B block, the A blocks and the bias more.
+    prof = _C.cpu_profile()
+    kc, mc, nc = int(prof["kc"]), int(prof["mc"]), int(prof["nc"])
+    bound = 8 * (kc * (nc + 64) + torch.get_num_threads() * (2 * mc * kc + kc * 64 * 8) + 4 * 4096) + (1 << 20)
+    big = random_case(1400, 1200, 1000, torch.float32)
+    run_layer(*big)
+    assert _C.cpu_scratch_stats()["mapped_bytes"] <= max(bound, stats["mapped_bytes"] * 4)
+    _C.release_cpu_scratch()
+    assert _C.cpu_scratch_stats()["mapped_bytes"] == 0
+    check_linear(x, w, b, gy, "after release_cpu_scratch")
+    assert _C.cpu_scratch_stats()["mapped_bytes"] > 0
+    assert "cpu_scratch" in pylibnn.build_info()
+
+
+# --------------------------------------------------------------------------- profiles
+
+def test_build_info_reports_the_profile():
+    info = pylibnn.build_info()["cpu_profile"]
+    for key in ("name", "origin", "measured", "vendor", "family", "model", "l1d_bytes", "l2_bytes", "kc", "mc", "nc",
+                "dot_min_depth", "stream_max_depth", "gemv_max_rows"):
+        assert key in info, key
+    assert info["name"] in _C.cpu_profile_names()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and info["vendor"] in ("GenuineIntel", "AuthenticAMD"):
+        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        assert int(info["family"]) == int(fields["cpu family"])
+        assert int(info["model"]) == int(fields["model"])
+
+
+def test_profiles_can_be_forced_and_restored(profile):
+    for name in _C.cpu_profile_names():
+        _C.set_cpu_profile(name)
+        assert _C.cpu_profile()["name"] == name
+        check_linear(*random_case(70, 300, 90, torch.float32), f"profile {name}")
+    _C.set_cpu_profile("auto")
+    assert _C.cpu_profile()["origin"].startswith(("CPUID match", "derived from caches"))
+
+
+def test_profile_errors_are_clear(profile):
+    with pytest.raises(RuntimeError, match="unknown CPU profile 'bogus'.*zen4"):
+        _C.set_cpu_profile("bogus")
+    with pytest.raises(RuntimeError, match="unknown CPU profile parameter 'kq'.*kc"):
+        _C.set_cpu_profile_parameter("kq", 1)
+    with pytest.raises(RuntimeError, match="kc must be >= 1"):
+        _C.set_cpu_profile_parameter("kc", 0)
+    with pytest.raises(RuntimeError, match="gemv_max_rows must be <= 4"):
+        _C.set_cpu_profile_parameter("gemv_max_rows", 5)
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **env))
+
+
+def test_profile_environment_overrides():
+    code = "import pylibnn; p = pylibnn._C.cpu_profile(); print(p['name'], p['kc'], p['dot_min_depth'], p['origin'])"
+    out = run_python(code, PYLIBNN_CPU_PROFILE="zen4", PYLIBNN_CPU_KC="128", PYLIBNN_CPU_DOT_MIN_DEPTH="32")
+    assert out.returncode == 0, out.stderr
+    name, kc, depth, origin = out.stdout.split(maxsplit=3)
+    assert (name, kc, depth) == ("zen4", "128", "32")
+    assert "PYLIBNN_CPU_PROFILE=zen4" in origin and "PYLIBNN_CPU_KC=128" in origin
+    bad = run_python(code, PYLIBNN_CPU_PROFILE="bogus")
+    assert bad.returncode != 0 and "unknown CPU profile 'bogus'" in bad.stderr
+    bad = run_python(code, PYLIBNN_CPU_KC="12x")
+    assert bad.returncode != 0 and "PYLIBNN_CPU_KC='12x' is not an integer" in bad.stderr
+
+
+# --------------------------------------------------------------------------- reduced precision
+
+# Unit roundoff of one rounding to the dtype (half an ulp, relative), and the smallest
+# absolute step where float16 goes subnormal.
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+SUBNORMAL_STEP = {torch.bfloat16: 0.0, torch.float16: 2.0 ** -25}
+REDUCED = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="f16")]
+
+
+def assert_rounded_once(actual, exact, magnitude, depth, dtype, what):
+    """bfloat16 / float16 results of float32 arithmetic rounded once: the rounding (half an ulp
+    of the exact value) plus conftest's float32 bound for the sum (2 eps32 sqrt(depth) |terms|).
+    Partial sums kept in the reduced dtype (a rounding per kc block or per term) exceed it by
+    orders of magnitude."""
+    assert actual.dtype == dtype, what
+    error = (actual.double() - exact).abs()
+    bound = (UNIT_ROUNDOFF[dtype] * exact.abs() + SUBNORMAL_STEP[dtype]
+             + 2 * torch.finfo(torch.float32).eps * max(depth, 1) ** 0.5 * magnitude)
+    bad = error > bound
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {error.numel()} outside the bound; largest error/bound "
+                           f"{(error / bound.clamp_min(1e-300)).max().item():.3g}")
+
+
+WIDENED_CASES = [
+    (3, 5, 4, "plain"),          # direct (float32 reference loop)
+    (37, 300, 70, "plain"),      # blocked, one nc block
+    (29, 2000, 300, "plain"),    # kc = K = 2000: the B block narrows to several nc blocks
+    (1, 4096, 64, "plain"),      # one row
+    (40, 90, 33, "a_transposed"),
+    (40, 90, 33, "b_transposed"),
+    (40, 90, 33, "sliced"),
+]
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("M,K,N,layout", WIDENED_CASES, ids=[f"{m}x{k}x{n}-{l}" for m, k, n, l in WIDENED_CASES])
+def test_widened_gemm_rounds_once(cpu_isa, M, K, N, layout, dtype):
+    seed = seed_for(M, K, N)
+    a = make_tensor((M, K), dtype, "cpu", seed)
+    b = make_tensor((K, N), dtype, "cpu", seed + 1)
+    bias = make_tensor((N,), dtype, "cpu", seed + 2)
+    if layout == "a_transposed":
+        a = a.t().contiguous().t()
+    elif layout == "b_transposed":
+        b = b.t().contiguous().t()
+    elif layout == "sliced":
+        a = make_tensor((M, 2 * K), dtype, "cpu", seed + 3)[:, ::2]
+        b = make_tensor((K + 4, 3 * N), dtype, "cpu", seed + 4)[4:, ::3]
+    c, sums = _C.cpu_gemm(a, b, bias, True)
+    a64, b64, bias64 = a.double(), b.double(), bias.double()
+    exact = a64 @ b64 + bias64
+    magnitude = a64.abs() @ b64.abs() + bias64.abs()
+    assert_rounded_once(c, exact, magnitude, K, dtype, f"C isa={cpu_isa}")
+    assert_rounded_once(sums, a64.sum(1), a64.abs().sum(1), K, dtype, f"row sums isa={cpu_isa}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_engine_gemm_entry_point(dtype):
+    a = make_tensor((50, 70), dtype, "cpu", 1)
+    b = make_tensor((70, 40), dtype, "cpu", 2)
+    c, sums = _C.cpu_gemm(a, b)
+    exact = a.double() @ b.double()
+    assert_close_to_reference(c, exact, sum_bound(a.double().abs() @ b.double().abs(), 70), dtype, "cpu_gemm")
+    assert sums.numel() == 0
+    with pytest.raises(RuntimeError, match="a is .* but b is"):
+        _C.cpu_gemm(a, b.t())
+    with pytest.raises(RuntimeError, match="bias must be"):
+        _C.cpu_gemm(a, b, torch.zeros(3, dtype=dtype))
+
+
+def test_widened_packing_memory_is_bounded_by_the_blocking():
+    # bfloat16 operands are widened block by block: the scratch holds the profile's blocks in
+    # float32, never a float32 copy of an operand (here 2 x 32 MiB).
+    _C.release_cpu_scratch()
+    a = make_tensor((4096, 2048), torch.bfloat16, "cpu", 5)
+    b = make_tensor((2048, 4096), torch.bfloat16, "cpu", 6)
+    _C.cpu_gemm(a, b)
+    prof = _C.cpu_profile()
+    kc, mc, nc = int(prof["kc"]), int(prof["mc"]), int(prof["nc"])
+    per_thread = 4 * (mc * kc + 64 * 2048) + (1 << 20)
+    bound = 4 * (kc * nc + 32 * 2048) + torch.get_num_threads() * per_thread + (1 << 20)
+    mapped = _C.cpu_scratch_stats()["mapped_bytes"]
+    assert mapped <= bound, f"{mapped} bytes of packing memory, bound {bound}"
+    assert mapped < 4 * 4096 * 2048, "as much packing memory as a float32 copy of an operand"
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@pytest.mark.parametrize("M,K,N", [(1, 300, 70), (37, 300, 70), (130, 64, 200)])
+def test_reduced_precision_ops_round_once(M, K, N, dtype):
+    # The CPU backend computes bfloat16 / float16 itself (CpuBackend::computes): the op
+    # layer no longer widens; every output and gradient is one rounding of float32 sums.
+    x, w, b, gy = (t.to(dtype) for t in random_case(M, K, N, torch.float64))
+    x64, w64, b64, gy64 = (t.double() for t in (x, w, b, gy))
+    y = ops.linear_forward(x, w, b)
+    assert_rounded_once(y, x64 @ w64.t() + b64, x64.abs() @ w64.abs().t() + b64.abs(), K, dtype, "output")
+    z, pre = ops.linear_act_forward(x, w, b, "relu", True)
+    exact = x64 @ w64.t() + b64
+    assert_rounded_once(pre, exact, x64.abs() @ w64.abs().t() + b64.abs(), K, dtype, "preactivation")
+    assert_rounded_once(z, exact.clamp_min(0), x64.abs() @ w64.abs().t() + b64.abs(), K, dtype, "relu output")
+    gx, gw, gb = ops.linear_backward(gy, x, w, [True, True, True])
+    assert_rounded_once(gx, gy64 @ w64, gy64.abs() @ w64.abs(), N, dtype, "grad_input")
+    assert_rounded_once(gw, gy64.t() @ x64, gy64.abs().t() @ x64.abs(), M, dtype, "grad_weight")
+    assert_rounded_once(gb, gy64.sum(0), gy64.abs().sum(0), M, dtype, "grad_bias")
+    _, _, gb_alone = ops.linear_backward(gy, x, w, [False, False, True])
+    assert_rounded_once(gb_alone, gy64.sum(0), gy64.abs().sum(0), M, dtype, "grad_bias alone")
