@@ -143,9 +143,12 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward(const std::vector<c10::SymInt>& w
   }
   const auto options = input.options();
   const c10::SymInt M = input.sym_size(0);
-  const BasicMlpHiddenLayout<c10::SymInt> layout(M, widths, activation != Activation::None);
   at::Tensor output = at::empty_symint({M, widths.back()}, options);
-  at::Tensor hidden = empty_if(save_hidden, {layout.rows, layout.cols}, options);
+  at::Tensor hidden;
+  if (save_hidden) {  // the layout allocates vectors: not for a forward that saves nothing
+    const BasicMlpHiddenLayout<c10::SymInt> layout(M, widths, activation != Activation::None);
+    hidden = at::empty_symint({layout.rows, layout.cols}, options);
+  }
   Backend::mlp_forward(input, weights, biases, activation, output, hidden);
   return {output, hidden};
 }
