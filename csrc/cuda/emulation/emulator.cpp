@@ -1119,6 +1119,17 @@ void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, co
   }
 }
 
+uint32_t float_to_tf32(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) {  // infinity stays; a NaN keeps a mantissa bit
+    return (u & 0xffffe000u) | ((u & 0x007fffffu) != 0 ? 0x00400000u : 0u);
+  }
+  // Sign-magnitude: adding half of the kept ulp to the magnitude rounds ties away from zero
+  // (a carry into the exponent is the correct rounding up, to infinity at the top).
+  return (u + 0x1000u) & 0xffffe000u;
+}
+
 void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row_address, const char* file,
               int line) {
   Worker& w = *tls_worker;

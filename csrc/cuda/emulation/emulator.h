@@ -131,6 +131,9 @@ enum class MmaInput : int { BF16, F16, TF32 };
 // order onto C (tf32 inputs keep their top 19 bits).
 void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
               int line);
+// cvt.rna.tf32.f32: the float's bits rounded to 10 mantissa bits (to nearest, ties away from
+// zero, the low 13 bits cleared); infinities and NaNs keep their class.
+uint32_t float_to_tf32(float f);
 // ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: lanes 8i .. 8i+7 give the row
 // addresses (16-byte aligned, in shared memory) of matrix i; each lane receives one 32-bit
 // register per matrix.
