@@ -184,10 +184,82 @@ def test_each_emulated_op_call_runs_at_two_fiber_orders():
         assert module.fiber_order() == "shuffle"  # the second of the two orders
     assert module.fiber_order() == "forward" and not module.strict()  # the defaults again after the mode
     stats = module.statistics()
-    # One GEMM launch per order: 2 x ceil(70 / 64) row tiles x 1 column tile, 256 threads each.
-    assert stats["launches"] == 2 and stats["blocks"] == 4 and stats["threads"] == 4 * 256
-    assert stats["barriers"] == 4 * 2 * 2  # two barriers per 16-wide k slab, two slabs
+    # One warptiled GEMM launch per order: ceil(70 / 128) row tiles x 1 column tile, 256 threads.
+    assert stats["launches"] == 2 and stats["blocks"] == 2 and stats["threads"] == 2 * 256
+    assert stats["barriers"] == 2 * 3  # one before the first 16-deep slab, one after each of two
     torch.testing.assert_close(y, x @ w.T)
+
+
+@pytest.fixture
+def float32_matmul_precision():
+    """Restores torch's float32 matmul precision (and with it allow_tf32) after the test."""
+    import torch
+
+    saved = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(saved)
+
+
+def _tensor_core_instructions(module):
+    # mma.sync and ldmatrix are the only warp collectives of the GEMM kernels.
+    return module.statistics()["warp_collectives"]
+
+
+def test_float32_takes_tf32_tensor_cores_only_when_torch_allows(float32_matmul_precision):
+    import torch
+
+    import pylibnn
+
+    mode = cuda_emulation.EmulatedCuda()
+    module = mode.module
+    x, w, b = torch.randn(70, 40), torch.randn(30, 40), torch.randn(30)
+    reference = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    magnitude = torch.nn.functional.linear(x.double().abs(), w.double().abs(), b.double().abs())
+    for precision, tf32 in (("highest", False), ("high", True), ("medium", True)):
+        torch.set_float32_matmul_precision(precision)
+        assert torch.backends.cuda.matmul.allow_tf32 == tf32
+        module.reset_statistics()
+        with mode:
+            y = pylibnn.linear(x, w, b)
+        assert (_tensor_core_instructions(module) > 0) == tf32, precision
+        error = (y.double() - reference).abs()
+        if tf32:
+            # Operands rounded to 10 mantissa bits: <= 2^-10 relative per product, then float32 sums.
+            assert (error <= 2.0**-10 * magnitude + 1e-5 * magnitude).all(), precision
+            assert (error > 1e-6 * magnitude).any(), "TF32 results should not be float32-exact"
+        else:
+            assert (error <= 2 * 2.0**-23 * 40**0.5 * magnitude).all()
+
+
+def test_gemm_override_and_split_k_reach_the_ops():
+    import torch
+
+    import pylibnn
+
+    mode = cuda_emulation.EmulatedCuda()
+    module = mode.module
+    x, w = torch.randn(9, 600, dtype=torch.float64), torch.randn(20, 600, dtype=torch.float64)
+    reference = x @ w.T
+    try:
+        results = {}
+        for kernel, splits in (("auto", 0), ("simt_basic", 0), ("simt_warptile", 1), ("simt_warptile", 3)):
+            module.set_gemm_kernel(kernel)
+            module.set_split_k(splits)
+            assert module.gemm_kernel() == kernel and module.split_k() == splits
+            module.reset_statistics()
+            with mode:
+                results[(kernel, splits)] = pylibnn.linear(x, w)
+            # split-K adds the reduction launch (per fiber order: two orders)
+            expected_launches = 2 * (2 if splits == 3 or (kernel == "auto" and splits == 0) else 1)
+            assert module.statistics()["launches"] == expected_launches, (kernel, splits)
+            torch.testing.assert_close(results[(kernel, splits)], reference, rtol=1e-12, atol=1e-12)
+        with pytest.raises(Exception, match="not float64"):
+            module.set_gemm_kernel("tensor_core")
+            with mode:
+                pylibnn.linear(x, w)
+    finally:
+        module.set_gemm_kernel("auto")
+        module.set_split_k(0)
 
 
 def test_every_launch_goes_through_the_launch_helper():

@@ -37,12 +37,15 @@ namespace pylibnn::cuda {
 
 #define PYLIBNN_INSTANTIATE_LAUNCHERS(T)                                                                         \
   template void gemm<T>(const View<T>&, const View<T>&, T*, int64_t, const T*, int64_t, T*, cudaStream_t,       \
-                        const GemmEpilogue<T>&);                                                                 \
+                        const GemmEpilogue<T>&, const GemmContext&);                                             \
   template void column_sums<T>(View<T>, T*, Scratch&, cudaStream_t);                                             \
-  template void weight_and_bias_gradients<T>(const View<T>&, const View<T>&, T*, T*, Scratch&, cudaStream_t);    \
+  template void weight_and_bias_gradients<T>(const View<T>&, const View<T>&, T*, T*, Scratch&, cudaStream_t,     \
+                                             bool);                                                              \
   template void activation_grad<T>(const View<T>&, const View<T>&, Activation, T*, int64_t, cudaStream_t);
 PYLIBNN_INSTANTIATE_LAUNCHERS(float)
 PYLIBNN_INSTANTIATE_LAUNCHERS(double)
+PYLIBNN_INSTANTIATE_LAUNCHERS(bfloat16)
+PYLIBNN_INSTANTIATE_LAUNCHERS(float16)
 #undef PYLIBNN_INSTANTIATE_LAUNCHERS
 
 namespace {
@@ -56,10 +59,12 @@ at::Tensor linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   const bool has_bias = bias.has_value() && bias->defined();
   const int64_t M = input.size(0), N = weight.size(0);
   at::Tensor output = at::empty({M, N}, input.options());
+  TensorScratch scratch(input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "linear_forward_cuda", [&] {
     gemm<scalar_t>(view_of<scalar_t>(input), view_of<scalar_t>(weight).transposed(),
                    output.mutable_data_ptr<scalar_t>(), N, has_bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                   has_bias ? bias->stride(0) : 0, nullptr, stream);
+                   has_bias ? bias->stride(0) : 0, nullptr, stream, GemmEpilogue<scalar_t>(),
+                   gemm_context<scalar_t>(scratch));
   });
   return output;
 }
@@ -71,11 +76,14 @@ void linear_backward_products(const View<T>& dz, const at::Tensor& input, const 
                               std::array<bool, 3> output_mask, at::Tensor& grad_input, at::Tensor& grad_weight,
                               at::Tensor& grad_bias, Scratch& scratch, cudaStream_t stream) {
   const int64_t K = input.size(1);
+  const GemmContext context = gemm_context<T>(scratch);
   if (output_mask[0]) {
-    gemm<T>(dz, view_of<T>(weight), grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream);
+    gemm<T>(dz, view_of<T>(weight), grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream,
+            GemmEpilogue<T>(), context);
   }
   weight_and_bias_gradients<T>(dz, view_of<T>(input), output_mask[1] ? grad_weight.mutable_data_ptr<T>() : nullptr,
-                               output_mask[2] ? grad_bias.mutable_data_ptr<T>() : nullptr, scratch, stream);
+                               output_mask[2] ? grad_bias.mutable_data_ptr<T>() : nullptr, scratch, stream,
+                               context.allow_tf32);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Tensor& grad_output,
@@ -114,12 +122,13 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cuda(const at::Tensor& inp
   const int64_t M = input.size(0), N = weight.size(0);
   at::Tensor output = at::empty({M, N}, input.options());
   at::Tensor preactivation = save_preactivation ? at::empty({M, N}, input.options()) : at::empty({0}, input.options());
+  TensorScratch scratch(input.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "linear_act_forward_cuda", [&] {
     const auto epilogue = GemmEpilogue<scalar_t>::forward(
         activation, save_preactivation ? preactivation.mutable_data_ptr<scalar_t>() : nullptr, N);
     gemm<scalar_t>(view_of<scalar_t>(input), view_of<scalar_t>(weight).transposed(),
                    output.mutable_data_ptr<scalar_t>(), N, has_bias ? bias->const_data_ptr<scalar_t>() : nullptr,
-                   has_bias ? bias->stride(0) : 0, nullptr, stream, epilogue);
+                   has_bias ? bias->stride(0) : 0, nullptr, stream, epilogue, gemm_context<scalar_t>(scratch));
   });
   return {output, preactivation};
 }

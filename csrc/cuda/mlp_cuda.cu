@@ -134,6 +134,8 @@ void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
   // a_l when hidden is not saved. Replacing it while the GEMM reading it is still queued is
   // safe: the caching allocator reuses memory in stream order.
   at::Tensor a_buffer;
+  TensorScratch scratch(input.options());
+  const GemmContext context = gemm_context<T>(scratch);
   for (size_t l = 0; l < L; ++l) {
     const at::Tensor& w = weights[l];
     const int64_t N = w.size(0);
@@ -142,18 +144,19 @@ void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
     const int64_t bias_stride = bias ? bias->stride(0) : 0;
     const View<T> w_t = view_of<T>(w).transposed();
     if (l + 1 == L) {
-      gemm<T>(a, w_t, output.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream);
+      gemm<T>(a, w_t, output.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream, GemmEpilogue<T>(),
+              context);
     } else if (save_hidden) {
       T* base = hidden.mutable_data_ptr<T>();
       T* y = base + layout.y_offset[l];
       T* z = activation != Activation::None ? base + layout.z_offset[l] : nullptr;
       gemm<T>(a, w_t, y, layout.cols, bias_data, bias_stride, nullptr, stream,
-              GemmEpilogue<T>::forward(activation, z, layout.cols));
+              GemmEpilogue<T>::forward(activation, z, layout.cols), context);
       a = View<T>{y, M, N, layout.cols, 1};
     } else {
       at::Tensor next = at::empty({M, N}, input.options());
       gemm<T>(a, w_t, next.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream,
-              GemmEpilogue<T>::forward(activation));
+              GemmEpilogue<T>::forward(activation), context);
       a = View<T>{next.const_data_ptr<T>(), M, N, N, 1};
       a_buffer = std::move(next);
     }
@@ -253,6 +256,7 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
   }
   const auto options = grad_output.options();
   TensorScratch scratch(options);
+  const GemmContext context = gemm_context<T>(scratch);
   const T* saved = hidden.const_data_ptr<T>();
   View<T> dz = view_of<T>(grad_output);
   at::Tensor dz_buffer;  // dz_{l-1}; replaced in stream order, as in mlp_forward_per_layer
@@ -261,7 +265,8 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
     const int64_t K = w.size(1);
     const View<T> a_prev = l > 0 ? View<T>{saved + layout.y_offset[l - 1], M, K, layout.cols, 1} : view_of<T>(input);
     weight_and_bias_gradients<T>(dz, a_prev, grads.grad_weights[l].mutable_data_ptr<T>(),
-                                 has_bias[l] ? grads.grad_biases[l].mutable_data_ptr<T>() : nullptr, scratch, stream);
+                                 has_bias[l] ? grads.grad_biases[l].mutable_data_ptr<T>() : nullptr, scratch, stream,
+                                 context.allow_tf32);
     if (l > 0) {
       // dz_{l-1} = (dz_l @ W_l) * act'(z_{l-1}, a_{l-1}), the derivative applied in the epilogue.
       at::Tensor next = at::empty({M, K}, options);
@@ -270,11 +275,12 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
               ? GemmEpilogue<T>()
               : GemmEpilogue<T>::backward(activation, saved + layout.z_offset[l - 1], saved + layout.y_offset[l - 1],
                                           layout.cols);
-      gemm<T>(dz, view_of<T>(w), next.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream, epilogue);
+      gemm<T>(dz, view_of<T>(w), next.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream, epilogue, context);
       dz = View<T>{next.const_data_ptr<T>(), M, K, K, 1};
       dz_buffer = std::move(next);
     } else if (input_grad) {
-      gemm<T>(dz, view_of<T>(w), grads.grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream);
+      gemm<T>(dz, view_of<T>(w), grads.grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream,
+              GemmEpilogue<T>(), context);
     }
   }
 }

@@ -9,8 +9,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -58,6 +60,14 @@ class TensorScratch final : public Scratch {
   at::TensorOptions options_;
   std::vector<at::Tensor> buffers_;
 };
+
+// A GEMM's context in an op: its scratch, and TF32 for float32 when torch allows it for
+// matmuls now (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision
+// other than "highest": at::Context::allowTF32CuBLAS reads both), read at every call.
+template <typename T>
+GemmContext gemm_context(Scratch& scratch) {
+  return GemmContext{&scratch, std::is_same_v<T, float> && at::globalContext().allowTF32CuBLAS()};
+}
 
 template <typename T>
 View<T> view_of(const at::Tensor& t) {

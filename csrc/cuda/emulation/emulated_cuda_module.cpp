@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cuda/emulation/emulator.h"
+#include "cuda/gemm_select.h"
 #include "op_schemas.h"
 
 TORCH_LIBRARY(pylibnn_emulated_cuda, m) {
@@ -64,5 +65,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_worker_threads", &emulation::set_worker_threads, pybind11::arg("threads"));
   m.def("worker_threads", &emulation::worker_threads);
   m.def("statistics", &statistics);
+  m.def(
+      "set_gemm_kernel",
+      [](const std::string& name) { pylibnn::cuda::set_gemm_kernel_override(pylibnn::cuda::gemm_kernel_from_name(name)); },
+      pybind11::arg("name"), "Forces the CUDA GEMM kernel (gemm_select.h): auto, simt_basic, simt_warptile, tensor_core");
+  m.def("gemm_kernel", [] { return std::string(pylibnn::cuda::gemm_kernel_name(pylibnn::cuda::gemm_kernel_override())); });
+  m.def("set_split_k", &pylibnn::cuda::set_split_k_override, pybind11::arg("splits"),
+        "Forces split-K: 0 for the rule, S >= 1 slices");
+  m.def("split_k", &pylibnn::cuda::split_k_override);
   m.def("reset_statistics", &emulation::reset_statistics);
 }
