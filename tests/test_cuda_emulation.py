@@ -2,7 +2,7 @@
 
 tests/emulated_kernels/ is a small C++ program, built here with the host compiler, that runs
 the emulator's self-test and checks the CUDA kernels (gemm_launch.cuh, mlp_launch.h) against
-float64 loops at three fiber orders in strict mode (tests/emulated_kernels/check_kernels.cpp).
+float64 loops at four fiber orders in strict mode (tests/emulated_kernels/check_kernels.cpp).
 The planted-bug tests copy csrc/, plant one bug in a kernel (a barrier removed, a bound off
 by one, a read past a shared-memory row, one of the two findings of the emulator issue
 undone), rebuild the kernels and require the check to fail: through wrong values, a race
@@ -137,6 +137,9 @@ PLANTED_BUGS = [
      "strict mode"),
     ("tensor-core cp.async wait removed (a slab is read before its copies land)", "cuda/gemm_tensor_core.cuh",
      "    ptx::cp_async_wait<STAGES - 2>();\n", "", "plain", "FAIL gemm<bfloat16>"),
+    ("tensor-core ring barrier removed (only the warp run-ahead order sees it)", "cuda/gemm_tensor_core.cuh",
+     "    // Slab `slab` is visible to every thread, and every thread is done reading the buffer the\n"
+     "    // prefetch below overwrites (it held slab - 1).\n    __syncthreads();\n", "", "plain", "FAIL gemm<"),
     ("tensor-core m-contiguous A read without .trans", "cuda/gemm_tensor_core.cuh",
      "ptx::ldmatrix_x4_trans(a_frag[mi],", "ptx::ldmatrix_x4(a_frag[mi],", "plain", "FAIL gemm<float16>"),
     ("tensor-core copy reads a whole 16 bytes past K (only ASan sees it)", "cuda/gemm_tensor_core.cuh",

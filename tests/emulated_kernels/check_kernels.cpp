@@ -7,7 +7,7 @@
 //                            memory, poison, strict mode, atomics, fiber orders, and the
 //                            PTX twins of csrc/cuda/ptx.h (mma.sync, ldmatrix, cp.async)
 //   check_kernels kernels    gemm_launch.cuh and mlp_launch.h (instantiated in kernels.cpp)
-//                            against float64 loops, every case at three fiber orders
+//                            against float64 loops, every case at four fiber orders
 //                            (bitwise equal) in strict mode, with canaries around every output
 // Prints one line per case; exits 1 if any case failed.
 #include <cmath>
@@ -420,15 +420,16 @@ bool close(double got, double expected, double magnitude, int64_t depth, double 
   return std::fabs(got - expected) <= bound;
 }
 
-// Runs `launch_all` (which fills `outputs`) at three fiber orders in strict mode and checks
-// that the three results are bitwise equal; returns the forward-order result's problem.
+// Runs `launch_all` (which fills `outputs`) at four fiber orders in strict mode (forward,
+// reverse, shuffled, warp run-ahead) and checks that the results are bitwise equal; returns
+// the forward-order result's problem.
 template <typename T>
 std::string at_three_orders(const std::function<void()>& launch_all, const std::vector<const std::vector<T>*>& outputs) {
   std::vector<std::vector<T>> first;
   emulation::set_strict(true);
   const emulation::FiberOrder orders[] = {emulation::FiberOrder::Forward, emulation::FiberOrder::Reverse,
-                                          emulation::FiberOrder::Shuffle};
-  for (int o = 0; o < 3; ++o) {
+                                          emulation::FiberOrder::Shuffle, emulation::FiberOrder::WarpRunAhead};
+  for (int o = 0; o < 4; ++o) {
     emulation::set_fiber_order(orders[o], 1234 + o);
     launch_all();
     for (size_t k = 0; k < outputs.size(); ++k) {

@@ -25,8 +25,11 @@ void set_fiber_order(const std::string& order, uint64_t seed) {
     emulation::set_fiber_order(emulation::FiberOrder::Reverse, seed);
   } else if (order == "shuffle") {
     emulation::set_fiber_order(emulation::FiberOrder::Shuffle, seed);
+  } else if (order == "warp_run_ahead") {
+    emulation::set_fiber_order(emulation::FiberOrder::WarpRunAhead, seed);
   } else {
-    throw pybind11::value_error("set_fiber_order: expected 'forward', 'reverse' or 'shuffle', got '" + order + "'");
+    throw pybind11::value_error("set_fiber_order: expected 'forward', 'reverse', 'shuffle' or 'warp_run_ahead', got '" +
+                                order + "'");
   }
 }
 
@@ -35,6 +38,7 @@ std::string fiber_order() {
     case emulation::FiberOrder::Forward: return "forward";
     case emulation::FiberOrder::Reverse: return "reverse";
     case emulation::FiberOrder::Shuffle: return "shuffle";
+    case emulation::FiberOrder::WarpRunAhead: return "warp_run_ahead";
   }
   return "?";
 }

@@ -678,16 +678,36 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
   order.resize(n);
   uint64_t round = 0;
   for (;;) {
-    make_order(order, launch.order, launch.seed, block_linear, round++);
     bool ran = false;
-    for (const int i : order) {
-      Fiber& f = w.fibers[i];
-      if (f.state != State::Ready) continue;
-      resume(w, f);
-      ran = true;
-      if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
-        w.stacks_abandoned = true;  // this block's fibers stop where they are
-        return;
+    if (launch.order == FiberOrder::WarpRunAhead) {
+      for (size_t first = 0; first < n; first += kWarpSize) {
+        const size_t end = std::min(n, first + kWarpSize);
+        for (bool progressed = true; progressed;) {  // this warp until none of its lanes can run
+          progressed = false;
+          for (size_t i = first; i < end; ++i) {
+            Fiber& f = w.fibers[i];
+            if (f.state != State::Ready) continue;
+            resume(w, f);
+            ran = progressed = true;
+            if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
+              w.stacks_abandoned = true;
+              return;
+            }
+          }
+        }
+      }
+      ++round;
+    } else {
+      make_order(order, launch.order, launch.seed, block_linear, round++);
+      for (const int i : order) {
+        Fiber& f = w.fibers[i];
+        if (f.state != State::Ready) continue;
+        resume(w, f);
+        ran = true;
+        if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
+          w.stacks_abandoned = true;  // this block's fibers stop where they are
+          return;
+        }
       }
     }
     if (ran) continue;

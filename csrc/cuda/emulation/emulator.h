@@ -8,7 +8,7 @@
 //     thread). A block's CUDA threads are user-space fibers with their own stacks, switched
 //     cooperatively: a fiber runs until __syncthreads(), a warp collective or its end.
 //   * The order in which a block's runnable fibers are resumed is selectable (forward,
-//     reverse, or shuffled with a seed). A race-free kernel gives the same bits in every
+//     reverse, shuffled with a seed, or warp by warp as far as each can run). A race-free kernel gives the same bits in every
 //     order; tests run two orders and compare.
 //   * Barriers are checked: threads waiting at different __syncthreads() call sites, a
 //     barrier reached after some threads exited, and a deadlock (a warp collective that
@@ -44,7 +44,13 @@ class EmulationError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class FiberOrder : int { Forward = 0, Reverse = 1, Shuffle = 2 };
+// WarpRunAhead: warp by warp, each warp's lanes resumed until none of them can run (they all
+// wait at a barrier or have exited) before the next warp starts. The other orders advance the
+// warps in near lockstep when their kernels use warp collectives (each collective waits for
+// its lanes, so no warp gets a whole phase ahead); this one lets a warp get as far ahead as a
+// missing __syncthreads allows, so a warp reads shared memory other warps have not written
+// yet, or overwrites what they still read.
+enum class FiberOrder : int { Forward = 0, Reverse = 1, Shuffle = 2, WarpRunAhead = 3 };
 
 // Process-wide settings; they apply to the launches that start after the call.
 void set_fiber_order(FiberOrder order, uint64_t seed = 0);
