@@ -34,10 +34,18 @@ using WarptileShape = std::conditional_t<std::is_same_v<T, double>,
 // Tensor cores: 8 warps of 64 x 32 (2 x 4), 4 stages. A warp's 4 x 4 mma tiles take 4 + 2
 // ldmatrix.x4 per 16 mma (16-bit), 64 float accumulators per lane; a block's 8 warps give the
 // scheduler two warps per SM sub-partition even at one block per SM.
-template <typename T>
+// The thin-M tile (M <= kThinM) keeps 8 warps, of 32 x 32 (2 x 4 mma tiles, 2 + 2 ldmatrix.x4
+// per 8 mma).
+template <typename T, bool Thin>
 using TensorCoreShape = std::conditional_t<
-    is_half_type<T>, TensorCoreTile<kTensorCoreTile16.bm, kTensorCoreTile16.bn, kTensorCoreTile16.bk, 64, 32, 4>,
-    TensorCoreTile<kTensorCoreTileTf32.bm, kTensorCoreTileTf32.bn, kTensorCoreTileTf32.bk, 64, 32, 4>>;
+    Thin,
+    std::conditional_t<is_half_type<T>,
+                       TensorCoreTile<kTensorCoreTile16Thin.bm, kTensorCoreTile16Thin.bn, kTensorCoreTile16Thin.bk, 32, 32, 4>,
+                       TensorCoreTile<kTensorCoreTileTf32Thin.bm, kTensorCoreTileTf32Thin.bn, kTensorCoreTileTf32Thin.bk,
+                                      32, 32, 4>>,
+    std::conditional_t<is_half_type<T>,
+                       TensorCoreTile<kTensorCoreTile16.bm, kTensorCoreTile16.bn, kTensorCoreTile16.bk, 64, 32, 4>,
+                       TensorCoreTile<kTensorCoreTileTf32.bm, kTensorCoreTileTf32.bn, kTensorCoreTileTf32.bk, 64, 32, 4>>>;
 
 template <typename T>
 constexpr ElementKind element_kind() {
@@ -193,9 +201,9 @@ View<T> pack_rows(const View<T>& v, const GemmContext& context, cudaStream_t str
   return View<T>{packed, v.rows, v.cols, ld, 1};
 }
 
-template <typename T, bool A_K, bool B_K>
+template <typename T, bool Thin, bool A_K, bool B_K>
 void launch_tensor_core(const TensorCoreParams<T>& p, dim3 grid, cudaStream_t stream) {
-  using Tile = TensorCoreShape<T>;
+  using Tile = TensorCoreShape<T, Thin>;
   constexpr size_t bytes = tensor_core_shared_bytes<T, Tile, A_K, B_K>();
   allow_dynamic_shared_memory<gemm_tensor_core_kernel<T, Tile, A_K, B_K>>(bytes);
   launch<gemm_tensor_core_kernel<T, Tile, A_K, B_K>>(LaunchConfig{grid, dim3(Tile::THREADS), bytes, stream}, p);
@@ -203,7 +211,8 @@ void launch_tensor_core(const TensorCoreParams<T>& p, dim3 grid, cudaStream_t st
 
 // Operand layouts, in order of preference: A k-contiguous (x, dy) or m-contiguous (dy^T);
 // B n-contiguous (W, x) or k-contiguous (W^T). The fourth combination (A m-, B k-contiguous)
-// is not compiled: A is packed instead.
+// is not compiled: A is packed instead; so is an m-contiguous A of a thin-M plan (the thin
+// tile serves forward and grad_input, whose A is k-contiguous; a thin A is cheap to copy).
 template <typename T>
 void gemm_tensor_core(const View<T>& a_in, const View<T>& b_in, const GemmOutput<T>& out, const GemmPlan& plan,
                       const GemmContext& context, cudaStream_t stream) {
@@ -223,7 +232,11 @@ void gemm_tensor_core(const View<T>& a_in, const View<T>& b_in, const GemmOutput
   } else {
     b = pack_rows(b, context, stream);
   }
-  if (!a_k && b_k) {
+  static_assert(kTensorCoreTile16Thin.bm == kTensorCoreTileTf32Thin.bm && kTensorCoreTile16Thin.bm < kTensorCoreTile16.bm &&
+                    kTensorCoreTileTf32Thin.bm < kTensorCoreTileTf32.bm,
+                "the plan's block height tells the thin tile apart");
+  const bool thin = plan.tile.bm == kTensorCoreTile16Thin.bm;
+  if (!a_k && (b_k || thin)) {
     a = pack_rows(a, context, stream);
     a_k = true;
   }
@@ -239,12 +252,18 @@ void gemm_tensor_core(const View<T>& a_in, const View<T>& b_in, const GemmOutput
   p.out = out;
   const dim3 grid = plan_grid(plan, p.M, p.N, p.row_tiles_on_x);
   p.partials = splitk_workspace<T>(plan, p.M, p.N, context);
-  if (a_k && b_k) {
-    launch_tensor_core<T, true, true>(p, grid, stream);
+  if (thin) {
+    if (b_k) {
+      launch_tensor_core<T, true, true, true>(p, grid, stream);
+    } else {
+      launch_tensor_core<T, true, true, false>(p, grid, stream);
+    }
+  } else if (a_k && b_k) {
+    launch_tensor_core<T, false, true, true>(p, grid, stream);
   } else if (a_k) {
-    launch_tensor_core<T, true, false>(p, grid, stream);
+    launch_tensor_core<T, false, true, false>(p, grid, stream);
   } else {
-    launch_tensor_core<T, false, false>(p, grid, stream);
+    launch_tensor_core<T, false, false, false>(p, grid, stream);
   }
   if (p.partials != nullptr) splitk_reduce<T>(p.partials, plan, p.M, p.N, out, stream);
 }

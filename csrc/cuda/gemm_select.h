@@ -4,8 +4,9 @@
 // tile types from them).
 //
 // The rule, per element type and shape (M, N, K):
-//   bfloat16, float16  tensor cores (gemm_tensor_core.cuh), 128 x 128 x 32 blocks
-//   float32            TF32 tensor cores (128 x 128 x 16) when the caller allows TF32 (the op
+//   bfloat16, float16  tensor cores (gemm_tensor_core.cuh), 128 x 128 x 32 blocks; 64 x 128 x 32
+//                      when M <= kThinM (thin M: half the rows of mma work wasted on padding)
+//   float32            TF32 tensor cores (128 x 128 x 16, thin: 64 x 128 x 16) when the caller allows TF32 (the op
 //                      reads torch's setting at call time), else the warptiled SIMT kernel
 //                      (gemm_warptile.cuh, 128 x 128 x 16, 8 x 8 per lane): exact float32
 //   float64            the warptiled SIMT kernel in its float64 shape (64 x 64 x 16, 4 x 4 per lane)
@@ -58,6 +59,9 @@ struct TileDims {
 };
 constexpr TileDims kTensorCoreTile16{128, 128, 32};  // bfloat16 / float16: warps of 64 x 32, 4 stages
 constexpr TileDims kTensorCoreTileTf32{128, 128, 16};  // TF32: the same warps, 16-deep slabs (4-byte elements)
+constexpr TileDims kTensorCoreTile16Thin{64, 128, 32};  // M <= kThinM: warps of 32 x 32
+constexpr TileDims kTensorCoreTileTf32Thin{64, 128, 16};
+constexpr int64_t kThinM = 64;
 constexpr TileDims kWarptileFloat{128, 128, 16};
 constexpr TileDims kWarptileDouble{64, 64, 16};
 constexpr TileDims kSimtBasicTile{64, 64, 16};
@@ -126,7 +130,13 @@ inline GemmPlan plan_gemm(ElementKind kind, int64_t M, int64_t N, int64_t K, boo
   }
   plan.kernel = kernel;
   switch (kernel) {
-    case GemmKernel::TensorCore: plan.tile = half ? kTensorCoreTile16 : kTensorCoreTileTf32; break;
+    case GemmKernel::TensorCore:
+      if (M <= kThinM) {
+        plan.tile = half ? kTensorCoreTile16Thin : kTensorCoreTileTf32Thin;
+      } else {
+        plan.tile = half ? kTensorCoreTile16 : kTensorCoreTileTf32;
+      }
+      break;
     case GemmKernel::SimtWarptile: plan.tile = kind == ElementKind::Float64 ? kWarptileDouble : kWarptileFloat; break;
     default: plan.tile = kSimtBasicTile; break;
   }

@@ -760,6 +760,8 @@ void kernels_for() {
     check_gemm<T>(70, 66, 40, Layout::RowMajor, Layout::RowMajor, Activation::GELU, false, GemmKernel::Auto, 0, true);
     check_gemm<T>(70, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, GemmKernel::Auto, 0, true);
     check_gemm<T>(33, 20, 37, Layout::Padded, Layout::Broadcast, Activation::Tanh, true, GemmKernel::TensorCore, 2, true);
+    check_gemm<T>(40, 136, 32, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(40, 136, 32, Layout::RowMajor, Layout::RowMajor, Activation::ReLU, false, GemmKernel::Auto, 0, true);
   }
   check_gemm<T>(70, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false);
   check_gemm<T>(70, 66, 40, Layout::Padded, Layout::Padded, Activation::None, false);
@@ -789,6 +791,9 @@ void tensor_core_kernels_for() {
   check_gemm<T>(70, 66, 48, Layout::RowMajor, Layout::ColumnMajor, Activation::GELU, false, tc);
   check_gemm<T>(67, 71, 35, Layout::Padded, Layout::Broadcast, Activation::Tanh, true, tc);
   check_gemm<T>(40, 24, 16, Layout::ColumnMajor, Layout::ColumnMajor, Activation::None, false, tc);
+  check_gemm<T>(64, 136, 48, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, tc);  // thin tile, in place
+  check_gemm<T>(64, 136, 48, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc);
+  check_gemm<T>(65, 136, 48, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc);  // just past thin
   const int64_t edges[][3] = {{1, 1, 1}, {3, 200, 1}, {7, 9, 0}, {0, 5, 5}, {9, 0, 4}, {17, 9, 200}};
   for (const auto& s : edges) {
     check_gemm<T>(s[0], s[1], s[2], Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, tc);
