@@ -31,11 +31,15 @@ using WarptileShape = std::conditional_t<std::is_same_v<T, double>,
                                          WarpTile<double, kWarptileDouble.bm, kWarptileDouble.bn, kWarptileDouble.bk, 2, 2, 8>,
                                          WarpTile<float, kWarptileFloat.bm, kWarptileFloat.bn, kWarptileFloat.bk, 2, 2, 8>>;
 
-// Tensor cores: 8 warps of 64 x 32 (2 x 4), 4 stages. A warp's 4 x 4 mma tiles take 4 + 2
-// ldmatrix.x4 per 16 mma (16-bit), 64 float accumulators per lane; a block's 8 warps give the
-// scheduler two warps per SM sub-partition even at one block per SM.
-// The thin-M tile (M <= kThinM) keeps 8 warps, of 32 x 32 (2 x 4 mma tiles, 2 + 2 ldmatrix.x4
-// per 8 mma).
+// Tensor cores: 4 warps of 64 x 64 (2 x 2), 4 stages. A warp's 4 x 8 mma tiles take 4 + 4
+// ldmatrix.x4 per 32 mma (16-bit): 128 bytes of shared-memory reads per mma. With warps of
+// 64 x 32 (8 per block, 126 registers, 16 warps per SM) it is 6 x4 per 16 mma, 192 bytes:
+// with the cp.async stores, more than the 128 bytes per clock an SM's shared memory delivers
+// at mma.sync's rate (about 0.6 m16n8k16 per clock per SM on an H100). The price: 128 float
+// accumulators and 244-246 registers per lane, two blocks (8 warps) per SM.
+// The thin-M tile (M <= kThinM): 8 warps of 32 x 32 (2 x 4 mma tiles, 2 + 2 ldmatrix.x4 per 8
+// mma; 80-93 registers, up to 3 blocks per SM by shared memory): thin products are bound by
+// reading W, so more warps in flight matter more than shared-memory traffic per mma.
 template <typename T, bool Thin>
 using TensorCoreShape = std::conditional_t<
     Thin,
@@ -44,8 +48,8 @@ using TensorCoreShape = std::conditional_t<
                        TensorCoreTile<kTensorCoreTileTf32Thin.bm, kTensorCoreTileTf32Thin.bn, kTensorCoreTileTf32Thin.bk,
                                       32, 32, 4>>,
     std::conditional_t<is_half_type<T>,
-                       TensorCoreTile<kTensorCoreTile16.bm, kTensorCoreTile16.bn, kTensorCoreTile16.bk, 64, 32, 4>,
-                       TensorCoreTile<kTensorCoreTileTf32.bm, kTensorCoreTileTf32.bn, kTensorCoreTileTf32.bk, 64, 32, 4>>>;
+                       TensorCoreTile<kTensorCoreTile16.bm, kTensorCoreTile16.bn, kTensorCoreTile16.bk, 64, 64, 4>,
+                       TensorCoreTile<kTensorCoreTileTf32.bm, kTensorCoreTileTf32.bn, kTensorCoreTileTf32.bk, 64, 64, 4>>>;
 
 template <typename T>
 constexpr ElementKind element_kind() {

@@ -57,7 +57,7 @@ inline GemmKernel gemm_kernel_from_name(const std::string& name) {
 struct TileDims {
   int bm, bn, bk;
 };
-constexpr TileDims kTensorCoreTile16{128, 128, 32};  // bfloat16 / float16: warps of 64 x 32, 4 stages
+constexpr TileDims kTensorCoreTile16{128, 128, 32};  // bfloat16 / float16: 4 warps of 64 x 64, 4 stages
 constexpr TileDims kTensorCoreTileTf32{128, 128, 16};  // TF32: the same warps, 16-deep slabs (4-byte elements)
 constexpr TileDims kTensorCoreTile16Thin{64, 128, 32};  // M <= kThinM: warps of 32 x 32
 constexpr TileDims kTensorCoreTileTf32Thin{64, 128, 16};
