@@ -758,6 +758,7 @@ void kernels_for() {
     // TF32 on the tensor cores: every operand layout the kernel reads in place, packing, split-K.
     check_gemm<T>(70, 66, 40, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, GemmKernel::Auto, 0, true);
     check_gemm<T>(70, 66, 40, Layout::RowMajor, Layout::RowMajor, Activation::GELU, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(72, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, GemmKernel::Auto, 0, true);
     check_gemm<T>(70, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, GemmKernel::Auto, 0, true);
     check_gemm<T>(33, 20, 37, Layout::Padded, Layout::Broadcast, Activation::Tanh, true, GemmKernel::TensorCore, 2, true);
     check_gemm<T>(40, 136, 32, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, GemmKernel::Auto, 0, true);
@@ -787,7 +788,9 @@ void tensor_core_kernels_for() {
   const GemmKernel tc = GemmKernel::Auto;
   check_gemm<T>(130, 136, 40, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, tc);
   check_gemm<T>(70, 66, 48, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc);
-  check_gemm<T>(70, 66, 48, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, tc);
+  // A transposed with M a multiple of 8 (and > kThinM): read in place through ldmatrix.trans.
+  check_gemm<T>(72, 66, 48, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, tc);
+  check_gemm<T>(70, 66, 48, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, tc);  // packed
   check_gemm<T>(70, 66, 48, Layout::RowMajor, Layout::ColumnMajor, Activation::GELU, false, tc);
   check_gemm<T>(67, 71, 35, Layout::Padded, Layout::Broadcast, Activation::Tanh, true, tc);
   check_gemm<T>(40, 24, 16, Layout::ColumnMajor, Layout::ColumnMajor, Activation::None, false, tc);
