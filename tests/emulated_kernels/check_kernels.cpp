@@ -780,6 +780,47 @@ void kernels_for() {
 
 }  // namespace
 
+// The kernels' float -> bfloat16 / float16 rounding (gemm_numeric.h) against independent
+// references: bfloat16 by picking the nearer of the two neighbours in double (ties to the even
+// one), float16 by the host compiler's _Float16 conversion where it has one; float32 inputs
+// stepped through every exponent (normals, subnormals, overflow, infinities, NaN), and back.
+void check_conversions() {
+  run_case("bfloat16 / float16 rounding of float32 (nearest even, overflow, subnormals, NaN)", []() -> std::string {
+    for (uint64_t step = 0; step < (uint64_t(1) << 32); step += 997) {
+      const uint32_t u = static_cast<uint32_t>(step);
+      float f;
+      std::memcpy(&f, &u, 4);
+      const bfloat16 b = from_accumulator<bfloat16>(f);
+      if (std::isnan(f)) {
+        if (!std::isnan(static_cast<float>(b))) return "bfloat16 of a NaN is not a NaN";
+      } else {
+        const uint16_t low = static_cast<uint16_t>(u >> 16), high = static_cast<uint16_t>(low + 1);
+        // Past the largest finite value the grid's next point is 2^128 (rounded to infinity).
+        const bool overflows = (high & 0x7fffu) == 0x7f80u;
+        const double below = static_cast<float>(bfloat16{low});
+        const double above = overflows ? std::copysign(std::ldexp(1.0, 128), f) : static_cast<float>(bfloat16{high});
+        const double d_below = std::fabs(static_cast<double>(f) - below), d_above = std::fabs(above - static_cast<double>(f));
+        const uint16_t expected = (u & 0xffffu) == 0 ? low
+                                  : d_below < d_above ? low
+                                  : d_above < d_below ? high
+                                  : (low & 1u) ? high : low;
+        if (b.bits != expected) return "bfloat16 of bits " + std::to_string(u) + " wrong";
+      }
+#if defined(__FLT16_MAX__)
+      const float16 h = from_accumulator<float16>(f);
+      const _Float16 reference = static_cast<_Float16>(f);
+      uint16_t reference_bits;
+      std::memcpy(&reference_bits, &reference, 2);
+      if (std::isnan(f) ? !std::isnan(static_cast<float>(h)) : h.bits != reference_bits) {
+        return "float16 of bits " + std::to_string(u) + " wrong";
+      }
+      if (!std::isnan(f) && static_cast<float>(h) != static_cast<float>(reference)) return "float16 -> float wrong";
+#endif
+    }
+    return "";
+  });
+}
+
 // bfloat16 / float16 on the tensor cores: the three products' layouts (x @ W^T: A row-major,
 // B column-major; dy @ W: both row-major; dy^T @ x: A column-major, B row-major), views that
 // are packed first (padded rows, stride 0, K not a multiple of 8), edges, split-K, epilogues.
@@ -813,6 +854,7 @@ int main(int argc, char** argv) {
   } else if (what == "kernels") {
     kernels_for<float>();
     kernels_for<double>();
+    check_conversions();
     tensor_core_kernels_for<bfloat16>();
     tensor_core_kernels_for<float16>();
   } else {
