@@ -274,3 +274,36 @@ def test_every_launch_goes_through_the_launch_helper():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_kernel_selection_rule():
+    module = cuda_emulation.load()
+    plan = module.gemm_plan
+    # 16-bit types: tensor cores, the thin tile up to M = 64, split-K below 128 tiles.
+    assert plan("bfloat16", 4096, 4096, 4096) == {"kernel": "tensor_core", "tile": (128, 128, 32), "splits": 1,
+                                                  "k_slice": 4096}
+    assert plan("float16", 16, 4096, 4096) == {"kernel": "tensor_core", "tile": (64, 128, 32), "splits": 4,
+                                               "k_slice": 1024}
+    assert plan("bfloat16", 65, 4096, 4096)["tile"] == (128, 128, 32)
+    # float32: exact SIMT unless TF32 is allowed; float64: its own SIMT shape.
+    assert plan("float32", 4096, 4096, 4096)["kernel"] == "simt_warptile"
+    assert plan("float32", 4096, 4096, 4096, True)["kernel"] == "tensor_core"
+    assert plan("float64", 512, 512, 512)["tile"] == (64, 64, 16)
+    # Split-K: ceil(128 / tiles) slices, at least 256 of K each, at most 16, whole BK slabs.
+    p = plan("float32", 1, 4096, 4096)
+    assert p["splits"] == 4 and p["k_slice"] == 1024
+    p = plan("float32", 64, 256, 100000)
+    assert p["splits"] == 16 and p["k_slice"] % 16 == 0 and p["splits"] * p["k_slice"] >= 100000
+    assert plan("float32", 64, 4096, 300)["splits"] == 1  # K too short to split
+    assert plan("bfloat16", 2048, 2048, 8192)["splits"] == 1  # 256 tiles: a full wave already
+    # The override reaches the plan; a dtype it cannot take is an error.
+    try:
+        module.set_gemm_kernel("simt_basic")
+        assert plan("float32", 100, 100, 100)["kernel"] == "simt_basic"
+        assert plan("bfloat16", 100, 100, 100)["kernel"] == "tensor_core"  # 16-bit types have no SIMT kernel
+        module.set_split_k(3)
+        module.set_gemm_kernel("simt_warptile")
+        assert plan("float32", 100, 100, 1000)["splits"] == 3
+    finally:
+        module.set_gemm_kernel("auto")
+        module.set_split_k(0)

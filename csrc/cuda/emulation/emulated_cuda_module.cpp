@@ -77,5 +77,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_split_k", &pylibnn::cuda::set_split_k_override, pybind11::arg("splits"),
         "Forces split-K: 0 for the rule, S >= 1 slices");
   m.def("split_k", &pylibnn::cuda::split_k_override);
+  m.def(
+      "gemm_plan",
+      [](const std::string& dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32) {
+        namespace c = pylibnn::cuda;
+        const c::ElementKind kind = dtype == "bfloat16" ? c::ElementKind::BFloat16
+                                    : dtype == "float16" ? c::ElementKind::Float16
+                                    : dtype == "float32" ? c::ElementKind::Float32
+                                    : dtype == "float64" ? c::ElementKind::Float64
+                                    : throw pybind11::value_error("gemm_plan: dtype bfloat16, float16, float32 or float64");
+        const c::GemmPlan plan = c::plan_gemm(kind, M, N, K, allow_tf32, false);
+        pybind11::dict d;
+        d["kernel"] = c::gemm_kernel_name(plan.kernel);
+        d["tile"] = pybind11::make_tuple(plan.tile.bm, plan.tile.bn, plan.tile.bk);
+        d["splits"] = plan.splits;
+        d["k_slice"] = plan.k_slice;
+        return d;
+      },
+      pybind11::arg("dtype"), pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"),
+      pybind11::arg("allow_tf32") = false, "The kernel, tile and split-K plan_gemm chooses (gemm_select.h)");
   m.def("reset_statistics", &emulation::reset_statistics);
 }
