@@ -116,17 +116,49 @@ def decide_cuda():
     return True, f"on (CUDA_HOME={root})"
 
 
+# The CPU instruction sets and their flags. A file csrc/cpu/<name>_<isa>.cpp is a kernel file
+# of that set: compiled with its flags alone, and only for a machine the set exists on.
+ISA_FLAGS = {
+    "portable": [],
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+}
+X86_ISAS = {"avx2", "avx512"}
+
+
+def relative(path):
+    return str(path.relative_to(ROOT))
+
+
+def isa_of(path):
+    """The instruction set a csrc/cpu file is compiled for, or None for an ordinary file."""
+    isa = path.stem.rsplit("_", 1)[-1]
+    return isa if path.parent == ROOT / "csrc" / "cpu" and isa in ISA_FLAGS else None
+
+
 def cpu_isa_sources():
-    """Micro-kernels compiled once per instruction set, each with its own flags."""
-    machine = platform.machine().lower()
-    kernels = [("portable", "csrc/cpu/gemm_microkernel_portable.cpp", [])]
-    if machine in ("x86_64", "amd64"):
-        kernels += [
-            ("avx2", "csrc/cpu/gemm_microkernel_avx2.cpp", ["-mavx2", "-mfma"]),
-            ("avx512", "csrc/cpu/gemm_microkernel_avx512.cpp",
-             ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]),
-        ]
+    """Micro-kernels compiled once per instruction set, each with its own flags: (isa, file, flags)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    kernels = []
+    for path in sorted((ROOT / "csrc" / "cpu").glob("*.cpp")):
+        isa = isa_of(path)
+        if isa is not None and (x86 or isa not in X86_ISAS):
+            kernels.append((isa, relative(path), ISA_FLAGS[isa]))
     return kernels
+
+
+def cpp_sources(with_cuda):
+    """Every other C++ source of csrc/: the op layer, autograd, the backends. The emulator
+    (csrc/cuda/emulation/) is built only by the tests; csrc/cuda/ only with CUDA."""
+    sources = []
+    for path in sorted((ROOT / "csrc").rglob("*.cpp")):
+        parts = path.relative_to(ROOT / "csrc").parts
+        if isa_of(path) is not None or "emulation" in parts or (parts[0] == "cuda" and not with_cuda):
+            continue
+        sources.append(relative(path))
+    if with_cuda:
+        sources += [relative(path) for path in sorted((ROOT / "csrc" / "cuda").glob("*.cu"))]
+    return sources
 
 
 def write_build_config(directory, with_cuda, isas):
@@ -192,29 +224,18 @@ def make_extension():
         opt = ["-O1"]
     isa_kernels = cpu_isa_sources()
     config_dir = BUILD_DIR / "generated"
-    write_build_config(config_dir, with_cuda, [name for name, _, _ in isa_kernels])
+    write_build_config(config_dir, with_cuda, list(dict.fromkeys(name for name, _, _ in isa_kernels)))
     write_torch_version_module()
 
-    sources = [
-        "csrc/pylibnn.cpp",
-        "csrc/linear_checks.cpp",
-        "csrc/linear_unsupported.cpp",
-        "csrc/linear_autograd.cpp",
-        "csrc/linear_autocast.cpp",
-        "csrc/fused_autograd.cpp",
-        "csrc/cpu/linear_cpu.cpp",
-        "csrc/cpu/mlp_cpu.cpp",
-        "csrc/cpu/gemm_engine.cpp",
-        "csrc/cpu/gemm_reference.cpp",
-        "csrc/cpu/cpu_isa.cpp",
-    ]
+    # Every C++ file under csrc/ except the ISA kernels (compiled below with their own flags)
+    # and the emulator (built only by the tests); the .cu files and cuda_ops.cpp when CUDA is on.
+    sources = cpp_sources(with_cuda)
     # -fopenmp: at::parallel_for is an inline template whose `#pragma omp parallel` is
     # compiled into *our* objects; without the flag it silently runs on one thread.
     cxx_flags = opt + sanitize_flags + ["-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas", "-fopenmp"]
     extra_compile_args = {"cxx": cxx_flags}
     include_dirs = [str(ROOT / "csrc"), str(config_dir)]
     if with_cuda:
-        sources += ["csrc/cuda/linear_cuda.cu", "csrc/cuda/mlp_cuda.cu"]
         extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         extension_type = CUDAExtension
     else:

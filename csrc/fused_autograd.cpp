@@ -16,14 +16,17 @@
 #include <ATen/ops/erf.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/sigmoid.h>
-#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/tanh.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "linear_checks.h"
+#include "autograd.h"
 #include "mlp_layout.h"
 #include "op_calls.h"
+#include "ops/op_checks.h"
+#include "ops/op_layer.h"
 
 namespace pylibnn {
 namespace {
@@ -34,48 +37,43 @@ using torch::autograd::variable_list;
 bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && requires_grad(*t); }
 
-// act(z) and act'(z) from differentiable elementwise ops (the formulas of activation.h).
-at::Tensor activation_of(Activation act, const at::Tensor& z) {
-  switch (act) {
-    case Activation::None: return z;
-    case Activation::ReLU: return z * z.gt(0).to(z.scalar_type());
-    case Activation::GELU: return z * 0.5 * (1 + at::erf(z * M_SQRT1_2));
-    case Activation::GELUTanh: return 0.5 * z * (1 + at::tanh(M_SQRT2 * M_2_SQRTPI * 0.5 * (z + 0.044715 * z * z * z)));
-    case Activation::SiLU: return z * at::sigmoid(z);
-    case Activation::Tanh: return at::tanh(z);
-    case Activation::Sigmoid: return at::sigmoid(z);
+// The arithmetic of activation.h's formulas on tensors, with differentiable ATen ops, so
+// act(z) and grad * act'(z) recorded by autograd carry derivatives of any order. Constants
+// stay doubles (a Scalar operand), so the results keep z's dtype.
+struct TensorMath {
+  static double c(double value) { return value; }
+  template <typename A, typename B>
+  static at::Tensor add(const A& a, const B& b) { return a + b; }
+  template <typename A, typename B>
+  static at::Tensor sub(const A& a, const B& b) { return a - b; }
+  template <typename A, typename B>
+  static at::Tensor mul(const A& a, const B& b) { return a * b; }
+  template <typename A, typename B>
+  static at::Tensor div(const A& a, const B& b) { return a / b; }
+  template <typename A, typename B, typename C>
+  static at::Tensor fmadd(const A& a, const B& b, const C& c) { return a * b + c; }
+  static at::Tensor exp(const at::Tensor& x) { return at::exp(x); }
+  static at::Tensor tanh(const at::Tensor& x) { return at::tanh(x); }
+  static at::Tensor erf(const at::Tensor& x) { return at::erf(x); }
+  // at::sigmoid rather than 1 / (1 + exp(-x)): its derivative stays finite where exp(-x)
+  // overflows.
+  static at::Tensor sigmoid(const at::Tensor& x) { return at::sigmoid(x); }
+  static at::Tensor zero_where_not_positive(const at::Tensor& z, const at::Tensor& v) {
+    return at::where(z.le(0), at::zeros({}, v.options()), v);
   }
-  return z;
+};
+
+at::Tensor activation_of(Activation act, const at::Tensor& z) {
+  return with_activation(act, [&](auto formula) { return decltype(formula)::template value<TensorMath>(z); });
 }
 
-at::Tensor activation_derivative_of(Activation act, const at::Tensor& z) {
-  switch (act) {
-    case Activation::None: return at::ones_like(z);
-    case Activation::ReLU: return 1 - z.le(0).to(z.scalar_type());  // NaN counts as positive, as in the kernels
-    case Activation::GELU: {
-      const at::Tensor cdf = 0.5 * (1 + at::erf(z * M_SQRT1_2));
-      const at::Tensor pdf = at::exp(-0.5 * z * z) * (M_2_SQRTPI * M_SQRT1_2 * 0.5);
-      return cdf + z * pdf;
-    }
-    case Activation::GELUTanh: {
-      const double beta = M_SQRT2 * M_2_SQRTPI * 0.5, kappa = 0.044715;
-      const at::Tensor t = at::tanh(beta * (z + kappa * z * z * z));
-      return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * (beta * (1 + 3 * kappa * z * z));
-    }
-    case Activation::SiLU: {
-      const at::Tensor s = at::sigmoid(z);
-      return s * (1 + z * (1 - s));
-    }
-    case Activation::Tanh: {
-      const at::Tensor t = at::tanh(z);
-      return 1 - t * t;
-    }
-    case Activation::Sigmoid: {
-      const at::Tensor s = at::sigmoid(z);
-      return s * (1 - s);
-    }
-  }
-  return at::ones_like(z);
+// grad * act'(z), y = act(z) recomputed from z where the formula reads it.
+at::Tensor activation_gradient_of(Activation act, const at::Tensor& grad, const at::Tensor& z) {
+  return with_activation(act, [&](auto formula) {
+    using Formula = decltype(formula);
+    const at::Tensor y = Formula::uses_output ? Formula::template value<TensorMath>(z) : z;
+    return Formula::template gradient<TensorMath>(grad, z, y);
+  });
 }
 
 // grad_output * act'(z), then linear_backward: differentiable in all of its inputs.
@@ -85,8 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_composite(con
                                                                              const at::Tensor& preactivation,
                                                                              Activation act,
                                                                              std::array<bool, 3> output_mask) {
-  const at::Tensor grad_z =
-      act == Activation::None ? grad_output : grad_output * activation_derivative_of(act, preactivation);
+  const at::Tensor grad_z = activation_gradient_of(act, grad_output, preactivation);
   return call_linear_backward(grad_z, input, weight, output_mask);
 }
 
@@ -155,8 +152,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_autograd(cons
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_linear_act_backward(grad_output, input, weight, preactivation, activation, output_mask);
   }
-  check_linear_act_backward_args(grad_output, input, weight, preactivation);
-  const Activation act = activation_from_name("pylibnn.linear_act_backward", activation);
+  check_linear_backward_args(kLinearActBackward, grad_output, input, weight, &preactivation);
+  const Activation act = activation_from_name(kLinearActBackward, activation);
   return linear_act_backward_composite(grad_output, input, weight, preactivation, act, output_mask);
 }
 
@@ -179,7 +176,7 @@ MlpGradients mlp_backward_composite(const at::Tensor& grad_output, const std::ve
     if (l == 0) {
       if (input_grad) grad_input = grad_a;
     } else {
-      grad_z = act == Activation::None ? grad_a : grad_a * activation_derivative_of(act, preactivations[l - 1]);
+      grad_z = activation_gradient_of(act, grad_a, preactivations[l - 1]);
     }
   }
   return {grad_input, grad_weights, grad_biases};
@@ -235,7 +232,7 @@ class MlpForwardFunction : public torch::autograd::Function<MlpForwardFunction> 
     const bool first_weight_unsaved = !weights[0].defined();
     if (first_weight_unsaved) weights[0] = ctx->saved_data["first_weight"].toTensor();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
-    const Activation act = activation_from_name("pylibnn.mlp_forward", activation);
+    const Activation act = activation_from_name(kMlpForward, activation);
     const bool input_grad = ctx->needs_input_grad(0);
 
     MlpGradients grads;
@@ -303,14 +300,15 @@ MlpGradients mlp_backward_autograd(const at::Tensor& grad_output, const at::Tens
     return call_mlp_backward(grad_output, input, weights, hidden, activation, has_bias, input_grad);
   }
   // Differentiable in every input, hidden included: its bands are sliced, not copied.
-  const Activation act = activation_from_name("pylibnn.mlp_backward", activation);
-  const std::vector<int64_t> widths = check_mlp_backward_args(grad_output, input, weights, hidden, act, has_bias);
-  const int64_t M = input.size(0);
-  const MlpHiddenLayout layout(M, widths, act != Activation::None);
+  const Activation act = activation_from_name(kMlpBackward, activation);
+  const std::vector<c10::SymInt> widths =
+      check_mlp_backward_args(kMlpBackward, grad_output, input, weights, hidden, act, has_bias);
+  const c10::SymInt M = input.sym_size(0);
+  const BasicMlpHiddenLayout<c10::SymInt> layout(M, widths, act != Activation::None);
   std::vector<at::Tensor> layer_inputs = {input}, preactivations;
   for (size_t l = 0; l + 1 < widths.size(); ++l) {
-    const auto band = [&](int64_t offset) {
-      return hidden.slice(0, 0, M).slice(1, offset, offset + widths[l]);
+    const auto band = [&](const c10::SymInt& offset) {
+      return hidden.slice_symint(0, 0, M).slice_symint(1, offset, offset + widths[l]);
     };
     preactivations.push_back(band(layout.z_offset[l]));
     layer_inputs.push_back(band(layout.y_offset[l]));
@@ -319,11 +317,30 @@ MlpGradients mlp_backward_autograd(const at::Tensor& grad_output, const at::Tens
 }
 
 }  // namespace
-}  // namespace pylibnn
 
-TORCH_LIBRARY_IMPL(pylibnn, Autograd, m) {
-  m.impl("linear_act_forward", &pylibnn::linear_act_forward_autograd);
-  m.impl("linear_act_backward", &pylibnn::linear_act_backward_autograd);
-  m.impl("mlp_forward", &pylibnn::mlp_forward_autograd);
-  m.impl("mlp_backward", &pylibnn::mlp_backward_autograd);
+std::tuple<at::Tensor, at::Tensor> AutogradOps::linear_act_forward(const at::Tensor& input, const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   c10::string_view activation,
+                                                                   bool save_preactivation) {
+  return linear_act_forward_autograd(input, weight, bias, activation, save_preactivation);
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> AutogradOps::linear_act_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& preactivation, c10::string_view activation, std::array<bool, 3> output_mask) {
+  return linear_act_backward_autograd(grad_output, input, weight, preactivation, activation, output_mask);
+}
+
+std::tuple<at::Tensor, at::Tensor> AutogradOps::mlp_forward(const at::Tensor& input, at::TensorList weights,
+                                                            const c10::List<std::optional<at::Tensor>>& biases,
+                                                            c10::string_view activation, bool save_hidden) {
+  return mlp_forward_autograd(input, weights, biases, activation, save_hidden);
+}
+
+MlpGradients AutogradOps::mlp_backward(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
+                                       const at::Tensor& hidden, c10::string_view activation,
+                                       const c10::List<bool>& has_bias, bool input_grad) {
+  return mlp_backward_autograd(grad_output, input, weights, hidden, activation, has_bias, input_grad);
+}
+
+}  // namespace pylibnn

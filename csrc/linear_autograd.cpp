@@ -1,5 +1,5 @@
-// Autograd for both pylibnn ops, in C++, so that derivatives of any order stay on
-// pylibnn's kernels:
+// Autograd for the single-layer ops (linear_forward, linear_backward), in C++, so that
+// derivatives of any order stay on pylibnn's kernels (the fused ops: fused_autograd.cpp):
 //   linear_forward   y = x Wᵀ + b; its backward is the linear_backward op;
 //   linear_backward  (gx, gW, gb) = (gy W, gyᵀ x, gyᵀ 1); its backward is expressed with
 //                    the same two ops again, called through the dispatcher, so a
@@ -11,6 +11,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "op_calls.h"
 
 namespace pylibnn {
@@ -133,8 +134,10 @@ class LinearBackwardFunction : public torch::autograd::Function<LinearBackwardFu
   }
 };
 
-at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& weight,
-                                   const std::optional<at::Tensor>& bias) {
+}  // namespace
+
+at::Tensor AutogradOps::linear_forward(const at::Tensor& input, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias) {
   if (!at::GradMode::is_enabled() || !(input.requires_grad() || weight.requires_grad() || requires_grad(bias))) {
     // Nothing to record (inference, frozen layers): skip building an autograd context.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -143,10 +146,10 @@ at::Tensor linear_forward_autograd(const at::Tensor& input, const at::Tensor& we
   return LinearForwardFunction::apply(input, weight, bias);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_autograd(const at::Tensor& grad_output,
-                                                                        const at::Tensor& input,
-                                                                        const at::Tensor& weight,
-                                                                        std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> AutogradOps::linear_backward(const at::Tensor& grad_output,
+                                                                            const at::Tensor& input,
+                                                                            const at::Tensor& weight,
+                                                                            std::array<bool, 3> output_mask) {
   if (!at::GradMode::is_enabled() || !(grad_output.requires_grad() || input.requires_grad() || weight.requires_grad())) {
     // The usual case: a first-order backward (create_graph=False) records nothing.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -156,10 +159,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_autograd(const at
   return {grads[0], grads[1], grads[2]};
 }
 
-}  // namespace
 }  // namespace pylibnn
 
-TORCH_LIBRARY_IMPL(pylibnn, Autograd, m) {
-  m.impl("linear_forward", &pylibnn::linear_forward_autograd);
-  m.impl("linear_backward", &pylibnn::linear_backward_autograd);
-}
+PYLIBNN_REGISTER_OPS(pylibnn, Autograd, pylibnn::AutogradOps)

@@ -12,6 +12,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "ops/op_list.h"
+
 namespace pylibnn {
 
 inline at::Tensor call_linear_forward(const at::Tensor& input, const at::Tensor& weight,
@@ -66,8 +68,6 @@ inline std::tuple<at::Tensor, at::Tensor> call_mlp_forward(const at::Tensor& inp
                                  c10::string_view, bool)>();
   return op.call(input, weights, biases, activation, save_hidden);
 }
-
-using MlpGradients = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 inline MlpGradients call_mlp_backward(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
                                       const at::Tensor& hidden, c10::string_view activation,

@@ -1,10 +1,16 @@
-// pylibnn._C: the op schemas (TORCH_LIBRARY, from op_schemas.h) and the small Python module
-// around them (build information, the CPU instruction-set switch). The backends register their
-// implementations in csrc/cpu/linear_cpu.cpp and csrc/cuda/linear_cuda.cu.
+// pylibnn._C: the six op schemas (TORCH_LIBRARY, from ops/op_list.h) and the small Python
+// module around them: build information, the CPU instruction-set switch, the activation
+// names (activation.h) and the fake kernels' C++ half (ops/shape_ops.cpp). Implementations
+// register per dispatch key through the op list: CPU (cpu/linear_cpu.cpp), CUDA
+// (cuda/cuda_ops.cpp), Meta and the unsupported layouts (ops/shape_ops.cpp), Autograd
+// (linear_autograd.cpp), Autocast (autocast.cpp).
 #include <torch/extension.h>
 
+#include "activation.h"
 #include "cpu/cpu_isa.h"
-#include "op_schemas.h"
+#include "ops/op_checks.h"
+#include "ops/op_list.h"
+#include "ops/shape_ops.h"
 #include "pylibnn_build_config.h"
 
 TORCH_LIBRARY(pylibnn, m) {
@@ -34,4 +40,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &pylibnn::cpu::select_isa, pybind11::arg("name"),
         "Forces the CPU GEMM path: 'auto' (best supported), 'avx512', 'avx2', 'portable' or 'reference'");
   m.def("get_cpu_isa", &pylibnn::cpu::selected_isa, "The CPU GEMM path now in use");
+  m.def("activation_names", [] {
+    return std::vector<std::string>(std::begin(pylibnn::kActivationNames), std::end(pylibnn::kActivationNames));
+  }, "The activation names of the fused ops, in the order of activation.h's list");
+  m.def(
+      "check_activation",
+      [](const std::string& op, const std::string& name) { pylibnn::activation_from_name(op.c_str(), name); },
+      pybind11::arg("op"), pybind11::arg("activation"), "ValueError naming op unless activation is a known name");
+  pylibnn::add_fake_kernel_functions(m);
 }

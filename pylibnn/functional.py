@@ -8,25 +8,18 @@ import math
 from typing import List, Optional
 
 import torch
-from torch import nn
 
 from . import ops
+from .activations import TORCH_ACTIVATIONS
 
 # The overloads themselves, not the packets: saves resolving them on every call.
 _linear_forward = ops.linear_forward.default
 _linear_act_forward = ops.linear_act_forward.default
 
 
-# The torch module each fused activation equals (csrc/activation.h has the kernels' formulas):
-# MLP's children, what unconvert puts after a fused layer, what ONNX export writes.
-ACTIVATION_MODULES = {
-    "relu": lambda: nn.ReLU(),
-    "gelu": lambda: nn.GELU(),
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "silu": lambda: nn.SiLU(),
-    "tanh": lambda: nn.Tanh(),
-    "sigmoid": lambda: nn.Sigmoid(),
-}
+# The torch module each fused activation equals (pylibnn/activations.py): MLP's children,
+# what unconvert puts after a fused layer, what ONNX export writes.
+ACTIVATION_MODULES = {name: activation.module for name, activation in TORCH_ACTIVATIONS.items()}
 
 
 def exporting_to_onnx():

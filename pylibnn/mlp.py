@@ -16,20 +16,10 @@ from torch._C import _get_tracing_state
 from torch.jit import is_scripting
 
 from . import ops
+from .activations import activation_of_module
 from .functional import ACTIVATION_MODULES, activation_name, exporting_to_onnx, linear, linear_in_torch, rows_of
 
 _mlp_forward = ops.mlp_forward.default
-
-
-def _activation_of_module(module):
-    """The activation name of a torch activation module, or None if MLP has no such one."""
-    if type(module) is nn.GELU:
-        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
-    if type(module) is nn.ReLU and not module.inplace:
-        return "relu"
-    if type(module) is nn.SiLU and not module.inplace:
-        return "silu"
-    return {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}.get(type(module))
 
 
 class MLP(nn.Module):
@@ -173,7 +163,7 @@ class MLP(nn.Module):
         if not linears or not isinstance(modules[0], nn.Linear):
             reject("expected the first module to be an nn.Linear")
         activations = [m for m in modules if not isinstance(m, nn.Linear)]
-        names = {_activation_of_module(m) for m in activations}
+        names = {activation_of_module(m) for m in activations}
         if None in names or len(names) > 1:
             reject(f"expected one kind of activation module (ReLU, GELU, SiLU, Tanh or Sigmoid), "
                    f"but got {[type(m).__name__ for m in activations]}")

@@ -29,21 +29,11 @@ from torch.onnx._internal.torchscript_exporter import registration, symbolic_hel
 from torch.onnx._internal.torchscript_exporter._type_utils import JitScalarType
 
 from . import ops
+from .activations import TORCH_ACTIVATIONS
 
 # The lowest opset whose aten symbolics we delegate to (torch's own start at 9); the
 # exporter picks, for the opset being exported, the newest registration at or below it.
 _SYMBOLIC_OPSET = 9
-
-# Activation name (ops.ACTIVATIONS) -> (the aten op whose symbolic writes it, its extra arguments).
-_ATEN_ACTIVATIONS = {
-    "relu": ("aten::relu", ()),
-    "gelu": ("aten::gelu", ("none",)),
-    "gelu_tanh": ("aten::gelu", ("tanh",)),
-    "silu": ("aten::silu", ()),
-    "tanh": ("aten::tanh", ()),
-    "sigmoid": ("aten::sigmoid", ()),
-}
-
 
 def _aten_symbolic(g, name, *args):
     """Writes aten op ``name`` on ``args`` as the TorchScript exporter would for this opset."""
@@ -53,10 +43,10 @@ def _aten_symbolic(g, name, *args):
 def _activation_symbolic(g, op, activation, value):
     if activation == "none":
         return value
-    if activation not in _ATEN_ACTIVATIONS:
+    if activation not in TORCH_ACTIVATIONS:
         ops.check_activation(op, activation)
-    name, extra = _ATEN_ACTIVATIONS[activation]
-    return _aten_symbolic(g, name, value, *extra)
+    torch_activation = TORCH_ACTIVATIONS[activation]
+    return _aten_symbolic(g, torch_activation.aten_op, value, *torch_activation.aten_args)
 
 
 def _empty_like_symbolic(g, value):

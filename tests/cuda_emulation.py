@@ -38,7 +38,7 @@ SOURCES = [
     "csrc/cuda/emulation/emulated_cuda_module.cpp",
     "csrc/cuda/emulation/emulated_linear_cuda.cpp",
     "csrc/cuda/emulation/emulated_mlp_cuda.cpp",
-    "csrc/linear_checks.cpp",
+    "csrc/ops/op_checks.cpp",
 ]
 SANITIZE = os.environ.get("PYLIBNN_SANITIZE", "") in ("1", "on", "true", "yes")
 SANITIZE_FLAGS = ["-fsanitize=address,undefined,bounds", "-fno-sanitize=vptr", "-fno-sanitize-recover=undefined",
@@ -131,8 +131,12 @@ def _real_cpu_data(tensors):
     return all(type(t) in _PLAIN_TENSOR_TYPES and t.device.type == "cpu" for t in tensors)
 
 
+_CHECKED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def _all_finite(tensors):
-    return all(not t.is_floating_point() or t.numel() == 0 or bool(torch.isfinite(t).all()) for t in tensors)
+    # Only the dtypes the ops take: others (float8, integers) are rejected by the op's checks.
+    return all(t.dtype not in _CHECKED_DTYPES or t.numel() == 0 or bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class RaceDetected(AssertionError):

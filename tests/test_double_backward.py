@@ -1,4 +1,5 @@
-"""Double backward: gradgradcheck in float64 through linear, LinearFunction and Linear.
+"""Double backward: gradgradcheck in float64 through linear, LinearFunction and Linear (the
+ops' own gradgradchecks, backward ops included, are in the op database: tests/test_opdb.py).
 
 The linear_backward op has its own (C++) autograd, written with the same two ops, so a
 backward run with create_graph=True is differentiable again, to any order."""
@@ -35,34 +36,6 @@ def test_gradgradcheck_cpu(entry, input_shape, N, requires_grad):
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 def test_gradgradcheck_cuda(device, entry, input_shape, N, requires_grad):
     _test_gradgradcheck(device, entry, input_shape, N, requires_grad)
-
-
-def _test_gradgradcheck_backward_op(device, mask):
-    # The linear_backward op on its own, every output mask: its derivative is checked
-    # against finite differences, and its second derivative too (third order of the layer).
-    gy = make_tensor((3, 5), torch.float64, device, 4, True)
-    x = make_tensor((3, 4), torch.float64, device, 1, True)
-    w = make_tensor((5, 4), torch.float64, device, 2, True)
-
-    def backward_op(gy, x, w):
-        return tuple(g for g, m in zip(pylibnn.ops.linear_backward(gy, x, w, mask), mask) if m)
-
-    assert torch.autograd.gradcheck(backward_op, (gy, x, w), eps=1e-6, atol=1e-7, rtol=1e-5)
-    assert torch.autograd.gradgradcheck(backward_op, (gy, x, w), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-MASKS = [[True, True, True], [True, False, False], [False, True, False], [False, False, True], [True, False, True]]
-
-
-@pytest.mark.parametrize("mask", MASKS, ids=lambda m: "".join("1" if v else "0" for v in m))
-def test_gradgradcheck_backward_op_cpu(mask):
-    _test_gradgradcheck_backward_op("cpu", mask)
-
-
-@pytest.mark.parametrize("device", CUDA_BACKENDS)
-@pytest.mark.parametrize("mask", MASKS, ids=lambda m: "".join("1" if v else "0" for v in m))
-def test_gradgradcheck_backward_op_cuda(device, mask):
-    _test_gradgradcheck_backward_op(device, mask)
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))

@@ -1,96 +1,48 @@
-"""The op layer: torch.ops.pylibnn.* schemas and masks, the pylibnn.ops aliases, opcheck,
-build_info and the CPU path switch."""
-
-import itertools
+"""The op registry: the pylibnn.ops aliases of the six registered ops, the activation names and
+the hidden layout read from C++, build_info and the CPU path switch. The ops' behaviour is
+tested from the op database (tests/opdb.py, tests/test_opdb.py)."""
 
 import pytest
 import torch
 
 import pylibnn
 from pylibnn import ops
-from conftest import (BUILD_INFO, CUDA_BACKENDS, DEVICES, DTYPES, assert_close_to_reference, make_tensor,
-                      reference_linear)
+from conftest import BUILD_INFO
+
+
+OP_NAMES = ["linear_forward", "linear_backward", "linear_act_forward", "linear_act_backward", "mlp_forward",
+            "mlp_backward"]
 
 
 def test_aliases_are_the_registered_ops():
-    assert ops.linear_forward is torch.ops.pylibnn.linear_forward
-    assert ops.linear_backward is torch.ops.pylibnn.linear_backward
+    for name in OP_NAMES:
+        assert getattr(ops, name) is getattr(torch.ops.pylibnn, name)
 
 
-MASKS = list(itertools.product([False, True], repeat=3))
-MASK_IDS = ["".join("TF"[not m] for m in mask) for mask in MASKS]
-MASK_SHAPES = [pytest.param((7, 17, 5), id="direct"), pytest.param((50, 129, 2100), id="packed")]
+def test_every_op_has_a_kernel_for_each_key():
+    # Registered from the one op list (csrc/ops/op_list.h) for every backend key.
+    keys = ["CPU", "Meta", "Autograd", "SparseCPU", "QuantizedCPU", "NestedTensorCPU"]
+    if BUILD_INFO["cuda"]:
+        keys += ["CUDA", "SparseCUDA"]
+    for name in OP_NAMES:
+        for key in keys:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pylibnn::{name}", key), (name, key)
 
 
-def _test_backward_output_mask(device, dtype, shape, mask):
-    M, K, N = shape
-    x = make_tensor((M, K), dtype, device, 1)
-    w = make_tensor((N, K), dtype, device, 2)
-    b = make_tensor((N,), dtype, device, 3)
-    gy = make_tensor((M, N), dtype, device, 4)
-    expected = reference_linear(x, w, b, gy)
-    grads = torch.ops.pylibnn.linear_backward(gy, x, w, list(mask))
-    for requested, name, grad in zip(mask, ("grad_input", "grad_weight", "grad_bias"), grads):
-        assert grad.dtype == dtype and grad.device.type == device
-        if requested:
-            assert grad.is_contiguous()
-            assert_close_to_reference(grad, *expected[name], dtype, f"mask {mask} {name}")
-        else:
-            assert grad.shape == (0,), f"unrequested {name} has shape {tuple(grad.shape)}"
+def test_activation_names_come_from_the_kernels():
+    assert ops.ACTIVATIONS == ("none", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
+    for name in ops.ACTIVATIONS:
+        ops.check_activation("caller", name)
+    with pytest.raises(ValueError, match="caller: expected activation to be one of 'none', 'relu'"):
+        ops.check_activation("caller", "elu")
 
 
-@pytest.mark.parametrize("mask", MASKS, ids=MASK_IDS)
-@pytest.mark.parametrize("shape", MASK_SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_backward_output_mask_cpu(dtype, shape, mask):
-    _test_backward_output_mask("cpu", dtype, shape, mask)
+def test_mlp_hidden_shape_is_the_kernels_layout():
+    # Rows rounded up to 8; each hidden width to 16, once for z and once for act(z) (csrc/mlp_layout.h).
+    assert ops.mlp_hidden_shape(11, [20, 5, 2], "sigmoid") == (16, 2 * (32 + 16))
+    assert ops.mlp_hidden_shape(11, [20, 5, 2], "none") == (16, 32 + 16)
+    assert ops.mlp_hidden_shape(0, [3], "relu") == (0, 0)
 
-
-@pytest.mark.parametrize("device", CUDA_BACKENDS)
-@pytest.mark.parametrize("mask", MASKS, ids=MASK_IDS)
-@pytest.mark.parametrize("shape", MASK_SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_backward_output_mask_cuda(device, dtype, shape, mask):
-    _test_backward_output_mask(device, dtype, shape, mask)
-
-
-def sample_inputs(device, requires_grad=False):
-    """(op name, args) samples for opcheck: forward with and without bias, backward masks."""
-    samples = []
-    for dtype, (M, K, N) in itertools.product((torch.float32, torch.float64), ((3, 4, 5), (20, 33, 17))):
-        x = make_tensor((M, K), dtype, device, 1, requires_grad)
-        w = make_tensor((N, K), dtype, device, 2, requires_grad)
-        b = make_tensor((N,), dtype, device, 3, requires_grad)
-        gy = make_tensor((M, N), dtype, device, 4, requires_grad)
-        samples += [("linear_forward", (x, w, b)), ("linear_forward", (x, w, None)),
-                    ("linear_backward", (gy, x, w, [True, True, True])),
-                    ("linear_backward", (gy, x, w, [False, True, False]))]
-    return samples
-
-
-def _test_opcheck(device, requires_grad):
-    # Every opcheck test: schema, autograd registration (both ops have a C++ Autograd
-    # kernel), fake tensors, and AOT dispatch with static and dynamic shapes.
-    for op_name, args in sample_inputs(device, requires_grad):
-        torch.library.opcheck(getattr(torch.ops.pylibnn, op_name).default, args)
-
-
-OPCHECK_GRAD = [pytest.param(False, id="no-grad"), pytest.param(True, id="requires-grad")]
-
-
-@pytest.mark.parametrize("requires_grad", OPCHECK_GRAD)
-def test_opcheck_cpu(requires_grad):
-    _test_opcheck("cpu", requires_grad)
-
-
-@pytest.mark.parametrize("device", CUDA_BACKENDS)
-@pytest.mark.parametrize("requires_grad", OPCHECK_GRAD)
-def test_opcheck_cuda(device, requires_grad):
-    _test_opcheck(device, requires_grad)
-
-
-# ---------------------------------------------------------------------------------------
-# Bad inputs: tests/test_validation.py.
 
 # ---------------------------------------------------------------------------------------
 # build_info and the CPU path switch.

@@ -1,8 +1,7 @@
-"""Nothing breaks: concurrent calls, memory over many calls, errors raised inside a call
-(out of memory), and sizes past 2^31 elements.
-
-The 64-bit tests are marked slow (deselected by default; `pytest -m slow` runs them): one
-writes an 8 GiB output and needs about 9 GiB of free memory.
+"""Nothing breaks: concurrent calls with intra-op and inter-op threads, memory over many
+calls, errors raised inside a call (out of memory, interrupts). The ops' own concurrency and
+64-bit size tests are in the op database (tests/test_opdb.py: test_concurrent_threads and
+the slow test_64bit_sizes).
 """
 
 import gc
@@ -15,7 +14,6 @@ import torch.nn.functional as F
 
 import pylibnn
 from pylibnn import ops
-from conftest import DTYPES, requires_cuda
 
 
 def _expected(x, w, b, gy):
@@ -40,33 +38,6 @@ def _case(shape, dtype, seed):
     make = lambda *s: torch.randn(s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
     x, w, b, gy = make(M, K), make(N, K), make(N), make(M, N)
     return (x, w, b, gy), _expected(x, w, b, gy)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_concurrent_python_threads(dtype):
-    """8 Python threads, each running forward+backward on every path, 15 times over."""
-    cases = [_case(shape, dtype, seed) for seed, shape in enumerate(THREAD_SHAPES)]
-    errors = []
-
-    def worker(thread_index):
-        try:
-            for i in range(15):
-                (x, w, b, gy), expected = cases[(thread_index + i) % len(cases)]
-                leaves = [t.detach().requires_grad_() for t in (x, w, b)]
-                y = pylibnn.linear(*leaves)
-                grads = torch.autograd.grad(y, leaves, gy)
-                for actual, want in zip([y] + list(grads), expected):
-                    _close(actual, want)
-        except Exception as error:  # noqa: BLE001 - reported by the main thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    assert not errors, errors[0]
 
 
 def test_concurrent_threads_with_intra_op_parallelism():
@@ -246,62 +217,3 @@ def test_errors_in_threads_leave_other_threads_correct():
 
 # ---------------------------------------------------------------------------------------
 # 64-bit sizes.
-
-def _mem_available():
-    with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-
-
-@pytest.mark.slow
-def test_output_over_2_31_elements_cpu():
-    """An (M, 4) float32 output with M * 4 > 2^31 (8 GiB): every row written, correctly."""
-    M, N = 2**29 + 3, 4
-    if _mem_available() < 10 * 2**30:
-        pytest.skip("needs about 10 GiB of free memory for an 8 GiB output")
-    x_row = torch.tensor([[1.5, -2.0]])
-    w = torch.tensor([[1.0, 2.0], [3.0, 0.5], [-1.0, 0.25], [0.0, 4.0]])
-    b = torch.tensor([0.5, -1.0, 2.0, 3.0])
-    expected = F.linear(x_row, w, b)  # exact in float32: small dyadic values
-    y = ops.linear_forward(x_row.expand(M, 2), w, b)
-    assert y.shape == (M, N) and y.numel() > 2**31
-    chunk = 2**26
-    for start in range(0, M, chunk):
-        part = y[start:start + chunk]
-        assert torch.equal(part, expected.expand_as(part)), f"rows {start}..{start + part.size(0)} wrong"
-    del y
-
-
-def _test_reduction_over_2_31_rows(device):
-    """grad_weight and grad_bias sum over M > 2^31 rows (stride-0 operands, no memory):
-    sums of small integers, exact in float64."""
-    M = 2**31 + 5
-    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64, device=device).expand(M, 2)
-    gy = torch.tensor([[1.0, -1.0, 3.0]], dtype=torch.float64, device=device).expand(M, 3)
-    w = torch.zeros(3, 2, dtype=torch.float64, device=device)
-    _, grad_weight, grad_bias = ops.linear_backward(gy, x, w, [False, True, True])
-    assert torch.equal(grad_weight.cpu(), M * torch.tensor([[1.0, 2.0], [-1.0, -2.0], [3.0, 6.0]], dtype=torch.float64))
-    assert torch.equal(grad_bias.cpu(), M * torch.tensor([1.0, -1.0, 3.0], dtype=torch.float64))
-
-
-@pytest.mark.slow
-def test_reduction_over_2_31_rows_cpu():
-    _test_reduction_over_2_31_rows("cpu")
-
-
-@pytest.mark.slow
-@requires_cuda
-def test_reduction_over_2_31_rows_cuda():
-    _test_reduction_over_2_31_rows("cuda")
-
-
-@pytest.mark.slow
-@requires_cuda
-def test_output_over_2_31_elements_cuda():
-    M, N = 2**29 + 3, 4
-    if torch.cuda.mem_get_info()[0] < 10 * 2**30:
-        pytest.skip("needs about 10 GiB of free GPU memory")
-    x_row = torch.tensor([[1.5, -2.0]], device="cuda")
-    w = torch.tensor([[1.0, 2.0], [3.0, 0.5], [-1.0, 0.25], [0.0, 4.0]], device="cuda")
-    b = torch.tensor([0.5, -1.0, 2.0, 3.0], device="cuda")
-    y = ops.linear_forward(x_row.expand(M, 2), w, b)
-    assert torch.equal(y, F.linear(x_row, w, b).expand(M, N))

@@ -10,21 +10,11 @@
 #include <cstdint>
 
 #include "activation.h"
+#include "matrix.h"
 
 namespace pylibnn::cpu {
 
-// Element (i, j) is data[i * row_stride + j * col_stride].
-template <typename T>
-struct MatrixView {
-  const T* data;
-  int64_t rows;
-  int64_t cols;
-  int64_t row_stride;
-  int64_t col_stride;
-
-  const T& operator()(int64_t i, int64_t j) const { return data[i * row_stride + j * col_stride]; }
-  MatrixView transposed() const { return {data, cols, rows, col_stride, row_stride}; }
-};
+using pylibnn::MatrixView;  // matrix.h
 
 template <typename T>
 struct GemmArgs {

@@ -43,8 +43,6 @@ namespace {
 constexpr int64_t kMaxTileElements = 512;  // largest MR x NR of any micro-kernel set
 constexpr int64_t kCacheLine = 64;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // M * N * K, saturated: with stride-0 operands the sizes are not bounded by memory, and a
 // wrapped (negative) product would send a huge product down the direct path.
 int64_t multiply_adds(int64_t M, int64_t N, int64_t K) {
@@ -54,7 +52,6 @@ int64_t multiply_adds(int64_t M, int64_t N, int64_t K) {
   }
   return mnk;
 }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // A 64-byte aligned scratch buffer (packed panels start on a cache line and a zmm boundary).
 template <typename T>

@@ -84,8 +84,8 @@ void activation_gradient_block(Activation act, const T* grad, int64_t ldg, const
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) {
       const T zij = z[i * ldz + j];
-      const T yij = y ? y[i * ldy + j] : apply_activation(act, zij);
-      out[i * ldo + j] = grad[i * ldg + j] * activation_derivative(act, zij, yij);
+      out[i * ldo + j] = y ? activation_gradient(act, grad[i * ldg + j], zij, y[i * ldy + j])
+                           : activation_gradient(act, grad[i * ldg + j], zij);
     }
 }
 

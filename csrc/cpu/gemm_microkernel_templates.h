@@ -226,61 +226,23 @@ typename V::Vec vector_erf(typename V::Vec x) {
   else return V::erf(x);
 }
 
-// act(z) for one vector; the formulas of activation.h with vector_exp / vector_tanh /
-// vector_erf above.
+// The arithmetic of activation.h's formulas on the vectors of V: exp, tanh and erf are the
+// fast float32 ones above (SLEEF's for float64), sigmoid is 1 / (1 + exp(-z)).
 template <typename V>
-typename V::Vec activate_vector(Activation act, typename V::Vec z) {
-  using Scalar = typename V::Scalar;
-  const auto c = [](double value) { return V::set1(Scalar(value)); };
-  switch (act) {
-    case Activation::None: return z;
-    case Activation::ReLU: return V::zero_where_not_positive(z, z);
-    case Activation::GELU: return V::mul(V::mul(z, c(0.5)), V::add(c(1), vector_erf<V>(V::mul(z, c(M_SQRT1_2)))));
-    case Activation::GELUTanh: {
-      const typename V::Vec z3 = V::mul(V::mul(z, z), z);
-      const typename V::Vec inner = V::mul(c(M_SQRT2 * M_2_SQRTPI * 0.5), V::fmadd(c(0.044715), z3, z));
-      return V::mul(V::mul(c(0.5), z), V::add(c(1), vector_tanh<V>(inner)));
-    }
-    case Activation::SiLU: return V::div(z, V::add(c(1), vector_exp<V>(V::sub(V::zero(), z))));
-    case Activation::Tanh: return vector_tanh<V>(z);
-    case Activation::Sigmoid: return V::div(c(1), V::add(c(1), vector_exp<V>(V::sub(V::zero(), z))));
-  }
-  return z;
-}
-
-// grad * act'(z) for one vector, y = act(z) given (see activation.h).
-template <typename V>
-typename V::Vec activation_gradient_vector(Activation act, typename V::Vec grad, typename V::Vec z,
-                                           typename V::Vec y) {
-  using Scalar = typename V::Scalar;
+struct VectorMath {
   using Vec = typename V::Vec;
-  const auto c = [](double value) { return V::set1(Scalar(value)); };
-  switch (act) {
-    case Activation::None: return grad;
-    case Activation::ReLU: return V::zero_where_not_positive(z, grad);
-    case Activation::GELU: {
-      const Vec cdf = V::mul(c(0.5), V::add(c(1), vector_erf<V>(V::mul(z, c(M_SQRT1_2)))));
-      const Vec pdf = V::mul(vector_exp<V>(V::mul(c(-0.5), V::mul(z, z))), c(M_2_SQRTPI * M_SQRT1_2 * 0.5));
-      return V::mul(grad, V::fmadd(z, pdf, cdf));
-    }
-    case Activation::GELUTanh: {
-      const Vec beta = c(M_SQRT2 * M_2_SQRTPI * 0.5);
-      const Vec z2 = V::mul(z, z);
-      const Vec t = vector_tanh<V>(V::mul(beta, V::fmadd(V::mul(c(0.044715), z2), z, z)));
-      const Vec inner_derivative = V::mul(beta, V::fmadd(c(3 * 0.044715), z2, c(1)));
-      const Vec left = V::mul(c(0.5), V::add(c(1), t));
-      const Vec right = V::mul(V::mul(V::mul(c(0.5), z), V::sub(c(1), V::mul(t, t))), inner_derivative);
-      return V::mul(grad, V::add(left, right));
-    }
-    case Activation::SiLU: {
-      const Vec s = V::div(c(1), V::add(c(1), vector_exp<V>(V::sub(V::zero(), z))));
-      return V::mul(grad, V::mul(s, V::fmadd(z, V::sub(c(1), s), c(1))));
-    }
-    case Activation::Tanh: return V::mul(grad, V::sub(c(1), V::mul(y, y)));
-    case Activation::Sigmoid: return V::mul(grad, V::mul(y, V::sub(c(1), y)));
-  }
-  return grad;
-}
+  static Vec c(double value) { return V::set1(typename V::Scalar(value)); }
+  static Vec add(Vec a, Vec b) { return V::add(a, b); }
+  static Vec sub(Vec a, Vec b) { return V::sub(a, b); }
+  static Vec mul(Vec a, Vec b) { return V::mul(a, b); }
+  static Vec div(Vec a, Vec b) { return V::div(a, b); }
+  static Vec fmadd(Vec a, Vec b, Vec c) { return V::fmadd(a, b, c); }
+  static Vec exp(Vec x) { return vector_exp<V>(x); }
+  static Vec tanh(Vec x) { return vector_tanh<V>(x); }
+  static Vec erf(Vec x) { return vector_erf<V>(x); }
+  static Vec sigmoid(Vec x) { return V::div(V::set1(1), V::add(V::set1(1), vector_exp<V>(V::sub(V::zero(), x)))); }
+  static Vec zero_where_not_positive(Vec z, Vec v) { return V::zero_where_not_positive(z, v); }
+};
 
 // Stores an MR x NV tile of accumulators to c, and act(tile) to y when y is given. The
 // activation is chosen once per tile, not per vector.
@@ -317,12 +279,12 @@ void panel_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stri
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) V::store(c + i * ldc + v * V::lanes, acc[i][v]);
-  } else if (act == Activation::ReLU) {
-    store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy, [](Vec z) { return V::zero_where_not_positive(z, z); });
-  } else if (act == Activation::Tanh) {
-    store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy, [](Vec z) { return vector_tanh<V>(z); });
   } else {
-    store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy, [act](Vec z) { return activate_vector<V>(act, z); });
+    with_activation(act, [&](auto formula) {
+      using Formula = decltype(formula);
+      store_activated_tile<V, MR, NV>(acc, c, ldc, y, ldy,
+                                      [](Vec z) { return Formula::template value<VectorMath<V>>(z); });
+    });
   }
 }
 
@@ -356,8 +318,11 @@ void store_part(typename V::Scalar* p, typename V::Vec v, int64_t n) {
 template <typename V>
 void activate_block(Activation act, const typename V::Scalar* z, int64_t ldz, typename V::Scalar* y, int64_t ldy,
                     int64_t rows, int64_t cols) {
-  for_each_vector<V>(rows, cols, [&](int64_t i, int64_t j, int64_t n) {
-    store_part<V>(y + i * ldy + j, activate_vector<V>(act, load_part<V>(z + i * ldz + j, n)), n);
+  with_activation(act, [&](auto formula) {
+    using Formula = decltype(formula);
+    for_each_vector<V>(rows, cols, [&](int64_t i, int64_t j, int64_t n) {
+      store_part<V>(y + i * ldy + j, Formula::template value<VectorMath<V>>(load_part<V>(z + i * ldz + j, n)), n);
+    });
   });
 }
 
@@ -365,13 +330,18 @@ template <typename V>
 void activation_gradient_block(Activation act, const typename V::Scalar* grad, int64_t ldg,
                                const typename V::Scalar* z, int64_t ldz, const typename V::Scalar* y, int64_t ldy,
                                typename V::Scalar* out, int64_t ldo, int64_t rows, int64_t cols) {
-  const bool needs_y = act == Activation::Tanh || act == Activation::Sigmoid;
-  for_each_vector<V>(rows, cols, [&](int64_t i, int64_t j, int64_t n) {
-    const typename V::Vec zv = load_part<V>(z + i * ldz + j, n);
-    typename V::Vec yv = zv;
-    if (needs_y) yv = y ? load_part<V>(y + i * ldy + j, n) : activate_vector<V>(act, zv);
-    store_part<V>(out + i * ldo + j,
-                  activation_gradient_vector<V>(act, load_part<V>(grad + i * ldg + j, n), zv, yv), n);
+  using Math = VectorMath<V>;
+  with_activation(act, [&](auto formula) {
+    using Formula = decltype(formula);
+    for_each_vector<V>(rows, cols, [&](int64_t i, int64_t j, int64_t n) {
+      const typename V::Vec zv = load_part<V>(z + i * ldz + j, n);
+      typename V::Vec yv = zv;
+      if constexpr (Formula::uses_output) {
+        yv = y ? load_part<V>(y + i * ldy + j, n) : Formula::template value<Math>(zv);
+      }
+      store_part<V>(out + i * ldo + j,
+                    Formula::template gradient<Math>(load_part<V>(grad + i * ldg + j, n), zv, yv), n);
+    });
   });
 }
 

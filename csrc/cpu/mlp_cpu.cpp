@@ -1,4 +1,5 @@
-// CPU implementation of the fused MLP ops (schemas in pylibnn.cpp, hidden layout in mlp_layout.h).
+// The CPU backend's fused MLP ops (cpu_backend.h; schemas in ops/op_list.h, hidden layout in
+// mlp_layout.h).
 //   mlp_forward   z_l = a_{l-1} W_l^T + b_l,  a_l = act(z_l)  (a_{-1} = x; no act after the last layer)
 //                 x (M, K_0), W_l (N_l, K_l) with K_{l+1} = N_l  ->  output z_{L-1} (M, N_{L-1}), hidden
 //   mlp_backward  dz_{L-1} = dy;  dW_l = dz_l^T a_{l-1};  db_l = dz_l^T 1;  da_{l-1} = dz_l W_l;
@@ -33,16 +34,12 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_backend.h"
 #include "cpu/cpu_isa.h"
-#include "linear_checks.h"
 #include "mlp_layout.h"
-#include "reduced_precision.h"
 
 namespace pylibnn::cpu {
 namespace {
-
-int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Below this many multiply-adds (of the forward) a call runs on one thread: waking the
 // other threads costs more than they save (measured with 2 threads: 3-64-64-64-3 gains
@@ -377,19 +374,15 @@ void mlp_backward_kernel(const MlpShape& s, const PanelKernels<T>& panel, const 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::TensorList weights,
-                                                   const c10::List<std::optional<at::Tensor>>& biases,
-                                                   c10::string_view activation, bool save_hidden) {
-  const std::vector<int64_t> widths = check_mlp_forward_args(input, weights, biases);
-  const Activation act = activation_from_name("pylibnn.mlp_forward", activation);
-  if (is_reduced_precision(input.scalar_type())) {
-    return mlp_forward_in_float32(mlp_forward_cpu, input, weights, biases, activation, save_hidden);
-  }
+}  // namespace
+
+void CpuBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
+                             const c10::List<std::optional<at::Tensor>>& biases, Activation act,
+                             const at::Tensor& output, const at::Tensor& hidden) {
   const int64_t M = input.size(0);
+  const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
-  at::Tensor output = at::empty({M, widths.back()}, input.options());
   // Every element of hidden is written by the kernel (its padding as zeros).
-  at::Tensor hidden = at::empty(save_hidden ? at::IntArrayRef{layout.rows, layout.cols} : at::IntArrayRef{0}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cpu", [&] {
     const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
     const MlpShape shape = mlp_shape(M, input.size(1), widths, panel.lanes);
@@ -403,29 +396,16 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward_cpu(const at::Tensor& input, at::
     }
     if (M == 0) return;
     mlp_forward_kernel<scalar_t>(shape, panel, input, weights, bias_ptrs, bias_strides, act, layout,
-                                 save_hidden ? hidden.mutable_data_ptr<scalar_t>() : nullptr,
+                                 hidden.defined() ? hidden.mutable_data_ptr<scalar_t>() : nullptr,
                                  output.mutable_data_ptr<scalar_t>());
   });
-  return {output, hidden};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights, const at::Tensor& hidden,
-    c10::string_view activation, const c10::List<bool>& has_bias, bool input_grad) {
-  const Activation act = activation_from_name("pylibnn.mlp_backward", activation);
-  const std::vector<int64_t> widths = check_mlp_backward_args(grad_output, input, weights, hidden, act, has_bias);
-  if (is_reduced_precision(input.scalar_type())) {
-    return mlp_backward_in_float32(mlp_backward_cpu, grad_output, input, weights, hidden, activation, has_bias,
-                                   input_grad);
-  }
+void CpuBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
+                              const at::Tensor& hidden, Activation act, const at::Tensor& grad_input,
+                              const std::vector<at::Tensor>& grad_weights, const std::vector<at::Tensor>& grad_biases) {
   const int64_t M = input.size(0);
-  const auto options = input.options();
-  at::Tensor grad_input = at::empty(input_grad ? at::IntArrayRef{M, input.size(1)} : at::IntArrayRef{0}, options);
-  std::vector<at::Tensor> grad_weights, grad_biases;
-  for (size_t l = 0; l < weights.size(); ++l) {
-    grad_weights.push_back(at::empty({widths[l], weights[l].size(1)}, options));
-    grad_biases.push_back(at::empty(has_bias.get(l) ? at::IntArrayRef{widths[l]} : at::IntArrayRef{0}, options));
-  }
+  const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(M, widths, act != Activation::None);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_backward_cpu", [&] {
     const PanelKernels<scalar_t>& panel = mlp_panel_kernels<scalar_t>(M, input.size(1), widths);
@@ -433,19 +413,12 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bac
     std::vector<scalar_t*> gw, gb;
     for (size_t l = 0; l < weights.size(); ++l) {
       gw.push_back(grad_weights[l].mutable_data_ptr<scalar_t>());
-      gb.push_back(has_bias.get(l) ? grad_biases[l].mutable_data_ptr<scalar_t>() : nullptr);
+      gb.push_back(grad_biases[l].defined() ? grad_biases[l].mutable_data_ptr<scalar_t>() : nullptr);
     }
     mlp_backward_kernel<scalar_t>(shape, panel, grad_output, input, weights, act, layout,
                                   hidden.const_data_ptr<scalar_t>(),
-                                  input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr, gw, gb);
+                                  grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr, gw, gb);
   });
-  return {grad_input, grad_weights, grad_biases};
 }
 
-}  // namespace
 }  // namespace pylibnn::cpu
-
-TORCH_LIBRARY_IMPL(pylibnn, CPU, m) {
-  m.impl("mlp_forward", &pylibnn::cpu::mlp_forward_cpu);
-  m.impl("mlp_backward", &pylibnn::cpu::mlp_backward_cpu);
-}

@@ -2,8 +2,8 @@
 // and the split-K reduction that applies it after summing the slices:
 //   V = acc [+ bias (N)]  (acc: the float32 / float64 accumulator of C(i, j))
 //   forward  (derivative_z == nullptr): preactivation(i, j) = V when asked, C(i, j) = act(V)
-//   backward (derivative_z != nullptr): C(i, j) = V * act'(z, y), z and y read from memory
-//            (y recomputed as act(z) when derivative_y is null)
+//   backward (derivative_z != nullptr): C(i, j) = V * act'(z), the activation's gradient
+//            formula at z (and y = act(z), read from derivative_y or recomputed if null)
 // Arithmetic stays in the accumulator type; each stored value is rounded to T once.
 //
 //   splitk_reduce_kernel   C (M, N) = output stage of sum_s partials[s] (M, N), s = 0, 1, ...
@@ -40,8 +40,8 @@ __device__ __forceinline__ void store_output(const GemmOutput<T>& o, int64_t row
   if (o.derivative_z != nullptr) {
     const int64_t at = row * o.ld_derivative + col;
     const Acc z = to_accumulator(o.derivative_z[at]);
-    const Acc y = o.derivative_y != nullptr ? to_accumulator(o.derivative_y[at]) : apply_activation(o.activation, z);
-    v *= activation_derivative(o.activation, z, y);
+    v = o.derivative_y != nullptr ? activation_gradient(o.activation, v, z, to_accumulator(o.derivative_y[at]))
+                                  : activation_gradient(o.activation, v, z);
   } else {
     if (o.preactivation != nullptr) o.preactivation[row * o.ld_preactivation + col] = from_accumulator<T>(v);
     v = apply_activation(o.activation, v);

@@ -219,8 +219,8 @@ __global__ void __launch_bounds__(Tile::THREADS) gemm_tiled_kernel(const GemmPar
       if (p.derivative_z != nullptr) {
         const int64_t at = row * p.ld_derivative + col;
         const T z = p.derivative_z[at];
-        const T y = p.derivative_y != nullptr ? p.derivative_y[at] : apply_activation(p.activation, z);
-        v *= activation_derivative(p.activation, z, y);
+        v = p.derivative_y != nullptr ? activation_gradient(p.activation, v, z, p.derivative_y[at])
+                                      : activation_gradient(p.activation, v, z);
       } else {
         if (p.preactivation != nullptr) p.preactivation[row * p.ld_preactivation + col] = v;
         v = apply_activation(p.activation, v);
@@ -290,9 +290,8 @@ __global__ void __launch_bounds__(256)
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < total; index += step) {
     const int64_t i = index / N, j = index % N;
     const Accumulator<T> zij = to_accumulator(z[i * z_row_stride + j * z_col_stride]);
-    const Accumulator<T> derivative = activation_derivative(activation, zij, apply_activation(activation, zij));
-    grad_z[i * ld_grad_z + j] =
-        from_accumulator<T>(to_accumulator(grad_y[i * grad_y_row_stride + j * grad_y_col_stride]) * derivative);
+    grad_z[i * ld_grad_z + j] = from_accumulator<T>(
+        activation_gradient(activation, to_accumulator(grad_y[i * grad_y_row_stride + j * grad_y_col_stride]), zij));
   }
 }
 

@@ -16,6 +16,7 @@
 #include "activation.h"
 #include "cuda/gemm_numeric.h"
 #include "cuda/gemm_select.h"
+#include "matrix.h"
 #include "cuda/launch.h"
 
 namespace pylibnn::cuda {
@@ -23,8 +24,6 @@ namespace pylibnn::cuda {
 // Grid limits of CUDA: x up to 2^31 - 1 blocks, y up to 65535.
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A shape the launch planning cannot map onto CUDA's grid (a RuntimeError in Python).
 template <typename... Parts>
@@ -34,17 +33,9 @@ template <typename... Parts>
   throw std::runtime_error(message.str());
 }
 
-// Element (i, j) is data[i * row_stride + j * col_stride] (like the CPU's MatrixView).
+// The operands: strided views over device memory (matrix.h, shared with the CPU).
 template <typename T>
-struct View {
-  const T* data;
-  int64_t rows;
-  int64_t cols;
-  int64_t row_stride;
-  int64_t col_stride;
-
-  View transposed() const { return {data, cols, rows, col_stride, row_stride}; }
-};
+using View = MatrixView<T>;
 
 // Device memory for a launcher's temporaries, valid until the scratch is destroyed (the ops
 // back it with tensors of the op's device: the caching allocator reuses memory in stream

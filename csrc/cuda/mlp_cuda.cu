@@ -1,5 +1,5 @@
-// CUDA implementations of the fused MLP ops (schemas: csrc/pylibnn.cpp, hidden layout:
-// csrc/mlp_layout.h). Layer l of L maps a_{l-1} (M, K_l) to a_l (M, N_l), a_{-1} = input:
+// The CUDA backend's fused MLP ops (cuda_backend.h; schemas: ops/op_list.h, hidden layout:
+// mlp_layout.h; checks and allocation are the op layer's). Layer l of L maps a_{l-1} (M, K_l) to a_l (M, N_l), a_{-1} = input:
 //   mlp_forward   z_l = a_{l-1} @ W_l^T + b_l;  a_l = act(z_l) for l < L-1;  output = z_{L-1}
 //   mlp_backward  dz_{L-1} = grad_output, and for l = L-1 .. 0:
 //                 dW_l = dz_l^T @ a_{l-1},  db_l = dz_l^T @ 1,  da_{l-1} = dz_l @ W_l,
@@ -23,9 +23,9 @@
 //    views, no copies.
 // hidden: every element of it is written (padding rows and columns with zeros: the fused
 // kernel stores them, the per-layer path allocates hidden zeroed), so even its padding is
-// reproducible. bfloat16 / float16 run in float32 and round each output once
-// (reduced_precision.h); hidden is returned in the input dtype and widened again by the
-// backward.
+// reproducible. bfloat16 / float16 take the per-layer path at every width (the fused kernels
+// hold float32 / float64 tiles): tensor-core GEMMs with float32 accumulation, each output
+// (hidden included) rounded once.
 //
 // The same file is the emulated CUDA backend when a host compiler builds it (op_backend.h).
 // Only lean ATen/c10 headers here (see linear_cuda.cu).
@@ -41,27 +41,28 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/SmallVector.h>
-#include <torch/library.h>
 
 #include "activation.h"
 #include "cuda/gemm_launch.h"
 #include "cuda/launch.h"
 #include "cuda/mlp_kernels.cuh"
 #include "cuda/mlp_launch.h"
+#include "cuda/cuda_backend.h"
 #include "cuda/op_backend.h"
-#include "linear_checks.h"
 #include "mlp_layout.h"
-#include "reduced_precision.h"
 
 namespace pylibnn::cuda {
 namespace {
 
-constexpr const char* kForwardOp = "pylibnn.mlp_forward";
-constexpr const char* kBackwardOp = "pylibnn.mlp_backward";
-
 bool fits_fused(int64_t input_width, const std::vector<int64_t>& widths) {
   if (input_width > kFusedMaxWidth || static_cast<int64_t>(widths.size()) > kFusedMaxLayers) return false;
   return std::all_of(widths.begin(), widths.end(), [](int64_t n) { return n <= kFusedMaxWidth; });
+}
+
+// The fused kernels are float32 / float64 (their tiles hold their own dtype); bfloat16 and
+// float16 networks take the per-layer tensor-core GEMMs at every width.
+bool fused_for(at::ScalarType dtype, int64_t input_width, const std::vector<int64_t>& widths) {
+  return (dtype == at::kFloat || dtype == at::kDouble) && fits_fused(input_width, widths);
 }
 
 std::optional<at::Tensor> bias_at(const c10::List<std::optional<at::Tensor>>& biases, size_t l) {
@@ -81,7 +82,7 @@ void describe_layers(FusedMlpParams<T>& p, const at::Tensor& input, Activation a
   p.M = input.size(0);
   p.hidden_rows = layout.rows;
   p.hidden_ld = layout.cols;
-  p.input = input.const_data_ptr<T>();
+  p.input = data_of<T>(input);
   p.input_row_stride = input.stride(0);
   p.input_col_stride = input.stride(1);
   p.num_layers = static_cast<int>(weights.size());
@@ -93,7 +94,7 @@ void describe_layers(FusedMlpParams<T>& p, const at::Tensor& input, Activation a
     layer.bias_stride = 0;
     if (biases != nullptr) {
       if (const std::optional<at::Tensor> bias = bias_at(*biases, l)) {
-        layer.bias = bias->const_data_ptr<T>();
+        layer.bias = data_of<T>(*bias);
         layer.bias_stride = bias->stride(0);
       }
     }
@@ -111,24 +112,25 @@ void describe_layers(FusedMlpParams<T>& p, const at::Tensor& input, Activation a
 template <typename T>
 void mlp_forward_fused(const at::Tensor& input, at::TensorList weights,
                        const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
-                       const MlpHiddenLayout& layout, at::Tensor& output, at::Tensor& hidden, bool save_hidden,
+                       const MlpHiddenLayout& layout, const at::Tensor& output, const at::Tensor& hidden,
                        cudaStream_t stream) {
   if (input.size(0) == 0) return;
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
   describe_layers<T>(p, input, activation, weights, &biases, layout, contiguous_weights);
-  p.output = output.mutable_data_ptr<T>();
-  p.hidden = save_hidden ? hidden.mutable_data_ptr<T>() : nullptr;
+  p.output = mutable_data_of<T>(output);
+  p.hidden = hidden.defined() ? mutable_data_of<T>(hidden) : nullptr;
   launch_mlp_forward_fused(p, stream);
 }
 
 template <typename T>
 void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
                            const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
-                           const MlpHiddenLayout& layout, at::Tensor& output, at::Tensor& hidden, bool save_hidden,
+                           const MlpHiddenLayout& layout, const at::Tensor& output, const at::Tensor& hidden,
                            cudaStream_t stream) {
   const int64_t M = input.size(0);
   if (M == 0) return;  // nothing to write (and hidden's data pointer may be null: no band offsets)
+  const bool save_hidden = hidden.defined();
   const size_t L = weights.size();
   View<T> a = view_of<T>(input);
   // a_l when hidden is not saved. Replacing it while the GEMM reading it is still queued is
@@ -140,14 +142,14 @@ void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
     const at::Tensor& w = weights[l];
     const int64_t N = w.size(0);
     const std::optional<at::Tensor> bias = bias_at(biases, l);
-    const T* bias_data = bias ? bias->const_data_ptr<T>() : nullptr;
+    const T* bias_data = bias ? data_of<T>(*bias) : nullptr;
     const int64_t bias_stride = bias ? bias->stride(0) : 0;
     const View<T> w_t = view_of<T>(w).transposed();
     if (l + 1 == L) {
-      gemm<T>(a, w_t, output.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream, GemmEpilogue<T>(),
+      gemm<T>(a, w_t, mutable_data_of<T>(output), N, bias_data, bias_stride, nullptr, stream, GemmEpilogue<T>(),
               context);
     } else if (save_hidden) {
-      T* base = hidden.mutable_data_ptr<T>();
+      T* base = mutable_data_of<T>(hidden);
       T* y = base + layout.y_offset[l];
       T* z = activation != Activation::None ? base + layout.z_offset[l] : nullptr;
       gemm<T>(a, w_t, y, layout.cols, bias_data, bias_stride, nullptr, stream,
@@ -155,118 +157,88 @@ void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
       a = View<T>{y, M, N, layout.cols, 1};
     } else {
       at::Tensor next = at::empty({M, N}, input.options());
-      gemm<T>(a, w_t, next.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream,
+      gemm<T>(a, w_t, mutable_data_of<T>(next), N, bias_data, bias_stride, nullptr, stream,
               GemmEpilogue<T>::forward(activation), context);
-      a = View<T>{next.const_data_ptr<T>(), M, N, N, 1};
+      a = View<T>{data_of<T>(next), M, N, N, 1};
       a_buffer = std::move(next);
     }
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> mlp_forward_cuda(const at::Tensor& input, at::TensorList weights,
-                                                    const c10::List<std::optional<at::Tensor>>& biases,
-                                                    c10::string_view activation_name, bool save_hidden) {
-  const std::vector<int64_t> widths = check_mlp_forward_args(input, weights, biases);
-  const Activation activation = activation_from_name(kForwardOp, activation_name);
-  const at::ScalarType dtype = input.scalar_type();
-  if (is_reduced_precision(dtype)) {
-    return mlp_forward_in_float32(mlp_forward_cuda, input, weights, biases, activation_name, save_hidden);
-  }
-  const OpDevice device(input);
-  const cudaStream_t stream = device.stream();
-  const int64_t M = input.size(0);
-  const MlpHiddenLayout layout(M, widths, activation != Activation::None);
-  const bool fused = fits_fused(input.size(1), widths);
-  const auto options = input.options();
-  at::Tensor output = at::empty({M, widths.back()}, options);
-  // The fused kernel writes all of hidden, padding included; the per-layer GEMMs only the
-  // bands, so there hidden starts zeroed.
-  at::Tensor hidden = !save_hidden ? at::empty({0}, options)
-                      : fused      ? at::empty({layout.rows, layout.cols}, options)
-                                   : at::zeros({layout.rows, layout.cols}, options);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "mlp_forward_cuda", [&] {
-    if (fused) {
-      mlp_forward_fused<scalar_t>(input, weights, biases, activation, layout, output, hidden, save_hidden, stream);
-    } else {
-      mlp_forward_per_layer<scalar_t>(input, weights, biases, activation, layout, output, hidden, save_hidden,
-                                      stream);
-    }
-  });
-  return {output, hidden};
-}
-
-// The gradients of mlp_backward, allocated as the schema shapes them.
-struct MlpGradients {
-  at::Tensor grad_input;
-  std::vector<at::Tensor> grad_weights;
-  std::vector<at::Tensor> grad_biases;
+// The gradients mlp_backward writes (allocated by the op layer; grad_input undefined unless
+// requested, grad_biases[l] undefined without a bias).
+struct MlpGradientOutputs {
+  const at::Tensor& grad_input;
+  const std::vector<at::Tensor>& grad_weights;
+  const std::vector<at::Tensor>& grad_biases;
 };
 
 template <typename T>
 void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
-                        const at::Tensor& hidden, Activation activation, at::ArrayRef<bool> has_bias,
-                        bool input_grad, const MlpHiddenLayout& layout, MlpGradients& grads, cudaStream_t stream) {
+                        const at::Tensor& hidden, Activation activation, const MlpHiddenLayout& layout,
+                        const MlpGradientOutputs& grads, cudaStream_t stream) {
   using Tile = FusedMlpTile<T>;
   const int64_t M = input.size(0);
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
   describe_layers<T>(p, input, activation, weights, nullptr, layout, contiguous_weights);
+  c10::SmallVector<bool, 16> has_bias;
+  for (const at::Tensor& g : grads.grad_biases) has_bias.push_back(g.defined());
   const int64_t partials_stride = lay_out_partials(p, has_bias.data());
   const FusedBackwardSplit split = split_fused_backward(M, Tile::BACKWARD_ROWS, partials_stride);
   at::Tensor partials;
   if (split.blocks > 0) {
     partials = at::empty({split.blocks, partials_stride}, grad_output.options());
-    p.grad_output = grad_output.const_data_ptr<T>();
+    p.grad_output = data_of<T>(grad_output);
     p.grad_output_row_stride = grad_output.stride(0);
     p.grad_output_col_stride = grad_output.stride(1);
-    p.saved_hidden = hidden.const_data_ptr<T>();
-    p.grad_input = input_grad ? grads.grad_input.mutable_data_ptr<T>() : nullptr;
-    p.partials = partials.mutable_data_ptr<T>();
+    p.saved_hidden = data_of<T>(hidden);
+    p.grad_input = grads.grad_input.defined() ? mutable_data_of<T>(grads.grad_input) : nullptr;
+    p.partials = mutable_data_of<T>(partials);
     p.partials_stride = partials_stride;
     launch_mlp_backward_fused(p, split, stream);
   }
   // M == 0: no rows of partials, the sums are zeros.
-  const T* partials_data = partials.defined() ? partials.const_data_ptr<T>() : nullptr;
+  const T* partials_data = partials.defined() ? data_of<T>(partials) : nullptr;
   const int64_t summed_blocks = partials.defined() ? split.blocks : 0;
   for (size_t l = 0; l < weights.size(); ++l) {
     const FusedLayer<T>& layer = p.layers[l];
     reduce_partials(partials_data, summed_blocks, partials_stride, layer.grad_weight_offset,
-                    static_cast<int64_t>(layer.n) * layer.k, grads.grad_weights[l].mutable_data_ptr<T>(), stream);
+                    static_cast<int64_t>(layer.n) * layer.k, mutable_data_of<T>(grads.grad_weights[l]), stream);
     if (has_bias[l]) {
       reduce_partials(partials_data, summed_blocks, partials_stride, layer.grad_bias_offset,
-                      static_cast<int64_t>(layer.n), grads.grad_biases[l].mutable_data_ptr<T>(), stream);
+                      static_cast<int64_t>(layer.n), mutable_data_of<T>(grads.grad_biases[l]), stream);
     }
   }
 }
 
 template <typename T>
 void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
-                            const at::Tensor& hidden, Activation activation, at::ArrayRef<bool> has_bias,
-                            bool input_grad, const MlpHiddenLayout& layout, MlpGradients& grads,
-                            cudaStream_t stream) {
+                            const at::Tensor& hidden, Activation activation, const MlpHiddenLayout& layout,
+                            const MlpGradientOutputs& grads, cudaStream_t stream) {
   const int64_t M = input.size(0);
   if (M == 0) {
     // No rows: the weight and bias gradients are empty sums (and hidden's data pointer may
     // be null, so no band offsets are taken).
     for (size_t l = 0; l < weights.size(); ++l) {
       grads.grad_weights[l].zero_();
-      if (has_bias[l]) grads.grad_biases[l].zero_();
+      if (grads.grad_biases[l].defined()) grads.grad_biases[l].zero_();
     }
     return;
   }
   const auto options = grad_output.options();
   TensorScratch scratch(options);
   const GemmContext context = gemm_context<T>(scratch);
-  const T* saved = hidden.const_data_ptr<T>();
+  const T* saved = data_of<T>(hidden);
   View<T> dz = view_of<T>(grad_output);
   at::Tensor dz_buffer;  // dz_{l-1}; replaced in stream order, as in mlp_forward_per_layer
   for (size_t l = weights.size(); l-- > 0;) {
     const at::Tensor& w = weights[l];
     const int64_t K = w.size(1);
     const View<T> a_prev = l > 0 ? View<T>{saved + layout.y_offset[l - 1], M, K, layout.cols, 1} : view_of<T>(input);
-    weight_and_bias_gradients<T>(dz, a_prev, grads.grad_weights[l].mutable_data_ptr<T>(),
-                                 has_bias[l] ? grads.grad_biases[l].mutable_data_ptr<T>() : nullptr, scratch, stream,
-                                 context.allow_tf32);
+    weight_and_bias_gradients<T>(dz, a_prev, mutable_data_of<T>(grads.grad_weights[l]),
+                                 grads.grad_biases[l].defined() ? mutable_data_of<T>(grads.grad_biases[l]) : nullptr,
+                                 scratch, stream, context.allow_tf32);
     if (l > 0) {
       // dz_{l-1} = (dz_l @ W_l) * act'(z_{l-1}, a_{l-1}), the derivative applied in the epilogue.
       at::Tensor next = at::empty({M, K}, options);
@@ -275,57 +247,61 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
               ? GemmEpilogue<T>()
               : GemmEpilogue<T>::backward(activation, saved + layout.z_offset[l - 1], saved + layout.y_offset[l - 1],
                                           layout.cols);
-      gemm<T>(dz, view_of<T>(w), next.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream, epilogue, context);
-      dz = View<T>{next.const_data_ptr<T>(), M, K, K, 1};
+      gemm<T>(dz, view_of<T>(w), mutable_data_of<T>(next), K, nullptr, 0, nullptr, stream, epilogue, context);
+      dz = View<T>{data_of<T>(next), M, K, K, 1};
       dz_buffer = std::move(next);
-    } else if (input_grad) {
-      gemm<T>(dz, view_of<T>(w), grads.grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream,
+    } else if (grads.grad_input.defined()) {
+      gemm<T>(dz, view_of<T>(w), mutable_data_of<T>(grads.grad_input), K, nullptr, 0, nullptr, stream,
               GemmEpilogue<T>(), context);
     }
   }
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights, const at::Tensor& hidden,
-    c10::string_view activation_name, const c10::List<bool>& has_bias_list, bool input_grad) {
-  const Activation activation = activation_from_name(kBackwardOp, activation_name);
-  c10::SmallVector<bool, 16> has_bias_flags;
-  for (const bool flag : has_bias_list) has_bias_flags.push_back(flag);
-  const at::ArrayRef<bool> has_bias(has_bias_flags);
-  const std::vector<int64_t> widths =
-      check_mlp_backward_args(grad_output, input, weights, hidden, activation, has_bias_list);
-  const at::ScalarType dtype = input.scalar_type();
-  if (is_reduced_precision(dtype)) {
-    return mlp_backward_in_float32(mlp_backward_cuda, grad_output, input, weights, hidden, activation_name,
-                                   has_bias_list, input_grad);
-  }
+}  // namespace
+
+void CudaBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
+                              const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
+                              const at::Tensor& output, const at::Tensor& hidden) {
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
-  const int64_t M = input.size(0);
-  const MlpHiddenLayout layout(M, widths, activation != Activation::None);
-  const auto options = grad_output.options();
-  MlpGradients grads;
-  grads.grad_input = input_grad ? at::empty({M, input.size(1)}, options) : at::empty({0}, options);
-  for (size_t l = 0; l < weights.size(); ++l) {
-    grads.grad_weights.push_back(at::empty({weights[l].size(0), weights[l].size(1)}, options));
-    grads.grad_biases.push_back(has_bias[l] ? at::empty({weights[l].size(0)}, options) : at::empty({0}, options));
-  }
-  AT_DISPATCH_FLOATING_TYPES(dtype, "mlp_backward_cuda", [&] {
-    if (fits_fused(input.size(1), widths)) {
-      mlp_backward_fused<scalar_t>(grad_output, input, weights, hidden, activation, has_bias, input_grad, layout,
-                                   grads, stream);
-    } else {
-      mlp_backward_per_layer<scalar_t>(grad_output, input, weights, hidden, activation, has_bias, input_grad, layout,
-                                       grads, stream);
+  const std::vector<int64_t> widths = widths_of(weights);
+  const MlpHiddenLayout layout(input.size(0), widths, activation != Activation::None);
+  const bool fused = fused_for(input.scalar_type(), input.size(1), widths);
+  // The fused kernel writes all of hidden, padding included; the per-layer GEMMs only the
+  // bands, so there hidden starts zeroed.
+  if (hidden.defined() && !fused) hidden.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "mlp_forward_cuda", [&] {
+    using T = KernelType<scalar_t>;
+    if constexpr (!is_half_type<T>) {
+      if (fused) {
+        mlp_forward_fused<T>(input, weights, biases, activation, layout, output, hidden, stream);
+        return;
+      }
     }
+    mlp_forward_per_layer<T>(input, weights, biases, activation, layout, output, hidden, stream);
   });
-  return {grads.grad_input, std::move(grads.grad_weights), std::move(grads.grad_biases)};
 }
 
-}  // namespace
+void CudaBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights,
+                               const at::Tensor& hidden, Activation activation, const at::Tensor& grad_input,
+                               const std::vector<at::Tensor>& grad_weights,
+                               const std::vector<at::Tensor>& grad_biases) {
+  const OpDevice device(input);
+  const cudaStream_t stream = device.stream();
+  const std::vector<int64_t> widths = widths_of(weights);
+  const MlpHiddenLayout layout(input.size(0), widths, activation != Activation::None);
+  const MlpGradientOutputs grads{grad_input, grad_weights, grad_biases};
+  const bool fused = fused_for(input.scalar_type(), input.size(1), widths);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "mlp_backward_cuda", [&] {
+    using T = KernelType<scalar_t>;
+    if constexpr (!is_half_type<T>) {
+      if (fused) {
+        mlp_backward_fused<T>(grad_output, input, weights, hidden, activation, layout, grads, stream);
+        return;
+      }
+    }
+    mlp_backward_per_layer<T>(grad_output, input, weights, hidden, activation, layout, grads, stream);
+  });
+}
+
 }  // namespace pylibnn::cuda
-
-PYLIBNN_CUDA_BACKEND_IMPL(m) {
-  m.impl("mlp_forward", &pylibnn::cuda::mlp_forward_cuda);
-  m.impl("mlp_backward", &pylibnn::cuda::mlp_backward_cuda);
-}

@@ -368,7 +368,7 @@ __global__ void __launch_bounds__(kFusedThreads) mlp_backward_fused_kernel(const
               T dz = T(0);  // rows past M and columns past K (the next layer's dW reads them) stay zero
               if (row < p.M && k < K) {
                 const T z = z_band[row * p.hidden_ld + k];
-                dz = acc[i][j] * activation_derivative(p.activation, z, prev[r][k]);
+                dz = activation_gradient(p.activation, acc[i][j], z, prev[r][k]);
               }
               grad[r][k] = dz;
             } else if (row < p.M && k < K) {

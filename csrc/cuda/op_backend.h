@@ -1,10 +1,10 @@
 // What the CUDA op glue (linear_cuda.cu, mlp_cuda.cu) needs from the build it is compiled
 // in: the op's device made current with its current stream, scratch memory on that device,
-// views of tensors, and the registration of the implementations.
-//   nvcc:      the real CUDA backend, registered for the CUDA dispatch key of `pylibnn`.
-//   host C++:  the emulated backend (csrc/cuda/emulation/), the same code over CPU tensors,
-//              registered for the CPU key of the test-only `pylibnn_emulated_cuda` library
-//              whose schemas are pylibnn's (op_schemas.h).
+// and views of tensors.
+//   nvcc:      the real CUDA backend (registered for the CUDA key of `pylibnn` by cuda_ops.cpp).
+//   host C++:  the emulated backend (csrc/cuda/emulation/), the same code over CPU tensors
+//              (registered for the CPU key of the test-only `pylibnn_emulated_cuda` library,
+//              whose schemas are pylibnn's: ops/op_list.h).
 #pragma once
 
 #include <cstddef>
@@ -17,7 +17,6 @@
 #include <c10/util/Half.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #if defined(__CUDACC__)
 #include <c10/cuda/CUDAGuard.h>
@@ -38,7 +37,6 @@ class OpDevice {
  private:
   c10::cuda::CUDAGuard guard_;
 };
-#define PYLIBNN_CUDA_BACKEND_IMPL(m) TORCH_LIBRARY_IMPL(pylibnn, CUDA, m)
 #else
 // The emulator has one device (host memory) and no streams.
 class OpDevice {
@@ -46,7 +44,6 @@ class OpDevice {
   explicit OpDevice(const at::Tensor&) {}
   cudaStream_t stream() const { return nullptr; }
 };
-#define PYLIBNN_CUDA_BACKEND_IMPL(m) TORCH_LIBRARY_IMPL(pylibnn_emulated_cuda, CPU, m)
 #endif
 
 // Scratch backed by byte tensors of the op's device, released with the scratch.
@@ -95,7 +92,7 @@ const T* data_of(const at::Tensor& t) {
   return static_cast<const T*>(t.const_data_ptr());
 }
 template <typename T>
-T* mutable_data_of(at::Tensor& t) {
+T* mutable_data_of(const at::Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 

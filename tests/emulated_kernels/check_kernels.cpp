@@ -540,7 +540,7 @@ void check_gemm(int64_t M, int64_t N, int64_t K, Layout a_layout, Layout b_layou
         double expected = v;
         if (backward_epilogue) {
           const double zij = as_double(z[i * N + j]);
-          const double derivative = activation_derivative(activation, zij, apply_activation(activation, zij));
+          const double derivative = activation_gradient(activation, 1.0, zij);
           expected = v * derivative;
           magnitude *= std::fabs(derivative);
         } else if (activation != Activation::None) {
@@ -726,7 +726,7 @@ void check_fused_mlp(int64_t M, const std::vector<int64_t>& sizes, Activation ac
         for (int64_t k = 0; k < K; ++k) {
           double v = 0;
           for (int64_t n = 0; n < N; ++n) v += dz[i * N + n] * static_cast<double>(weights[l][n * K + k]);
-          da[i * K + k] = l > 0 ? v * activation_derivative(activation, z[l - 1][i * K + k], a[l][i * K + k]) : v;
+          da[i * K + k] = l > 0 ? activation_gradient(activation, v, z[l - 1][i * K + k], a[l][i * K + k]) : v;
         }
       }
       dz.swap(da);

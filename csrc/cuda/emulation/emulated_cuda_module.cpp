@@ -1,18 +1,23 @@
 // pylibnn_emulated_cuda: a test-only extension that runs pylibnn's CUDA backend (the same
 // linear_cuda.cu and mlp_cuda.cu the real build compiles with nvcc) on the CPU through the
 // emulator. Its ops live in the `pylibnn_emulated_cuda` library with pylibnn's schemas
-// (op_schemas.h) and take CPU tensors; tests/cuda_emulation.py routes pylibnn's ops to them.
+// (ops/op_list.h), the op layer over the CUDA backend (ops/op_layer.h, cuda_backend.h), and
+// take CPU tensors; tests/cuda_emulation.py routes pylibnn's ops to them.
 // Built by the tests (torch.utils.cpp_extension.load), never installed.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "cuda/cuda_backend.h"
 #include "cuda/emulation/emulator.h"
 #include "cuda/gemm_select.h"
-#include "op_schemas.h"
+#include "ops/op_layer.h"
+#include "ops/op_list.h"
 
 TORCH_LIBRARY(pylibnn_emulated_cuda, m) {
   for (const char* schema : pylibnn::kOpSchemas) m.def(schema);
 }
+
+PYLIBNN_REGISTER_OPS(pylibnn_emulated_cuda, CPU, pylibnn::OpLayer<pylibnn::cuda::CudaBackend>)
 
 namespace {
 

@@ -1,9 +1,10 @@
-// Autocast for the linear_forward op: inside torch.autocast("cpu" / "cuda", dtype=...),
-// pylibnn.linear casts its floating-point arguments to the autocast dtype exactly as
-// F.linear does (it is on autocast's lower-precision list): float32 inputs become
-// bfloat16 / float16, float64 ones are left alone, and the output has the cast dtype.
+// Autocast for the forward ops (linear_forward, linear_act_forward, mlp_forward): inside
+// torch.autocast("cpu" / "cuda", dtype=...), pylibnn.linear casts its floating-point
+// arguments to the autocast dtype exactly as F.linear does (it is on autocast's
+// lower-precision list): float32 inputs become bfloat16 / float16, float64 ones are left
+// alone, and the output has the cast dtype.
 // The casts are recorded by autograd like any `to`, so gradients flow back in the
-// original dtypes. linear_backward needs no rule: autocast's fallthrough passes it on.
+// original dtypes. The backward ops need no rule: autocast's fallthrough passes them on.
 // The fused ops follow the same rule (linear_act_forward, mlp_forward: their products are
 // F.linear's); the activation of a fused layer then runs in the cast dtype, as an
 // activation after an autocast F.linear does.
