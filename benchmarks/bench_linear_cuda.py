@@ -16,13 +16,13 @@ cuBLAS TF32), bf16 and fp16 (tensor cores on both). Modes: forward (2 MNK flops)
 Each case is first checked against float64 F.linear on the GPU (the largest error relative to
 the largest |x| |W|^T + |b| is reported); the timing never asserts anything.
 Outputs in --out (default benchmarks/results/): linear_cuda_tc[_quick].csv and .md.
-PYLIBNN_CUDA_GEMM / PYLIBNN_CUDA_SPLIT_K (csrc/cuda/gemm_select.h) force a kernel / a split.
+--kernel / --split-k (pylibnn.ops.set_cuda_gemm_kernel / set_cuda_split_k, csrc/cuda/gemm_select.h)
+force a kernel / a split, e.g. --kernel simt_basic for the previous 64x64 tile.
 """
 
 import argparse
 import csv
 import datetime
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", dest="modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 7, quick 3)")
     p.add_argument("--min-sample-ms", type=float, default=None, help="per sample (default 30, quick 15)")
+    p.add_argument("--kernel", default="auto", choices=["auto", "simt_basic", "simt_warptile", "tensor_core"],
+                   help="force pylibnn's GEMM kernel (16-bit types always take the tensor cores)")
+    p.add_argument("--split-k", type=int, default=0, help="force split-K slices (0: the rule)")
     p.add_argument("--out", default=str(HERE / "results"))
     return p.parse_args(argv)
 
@@ -122,6 +125,8 @@ def main(argv=None):
     if not info.get("cuda"):
         print("bench_linear_cuda: this build of pylibnn has no CUDA kernels", file=sys.stderr)
         return 2
+    pylibnn.ops.set_cuda_gemm_kernel(args.kernel)
+    pylibnn.ops.set_cuda_split_k(args.split_k)
     shapes = [s for s in SHAPES if s[0] in (args.shapes or (QUICK_SHAPES if args.quick else [s[0] for s in SHAPES]))]
     repeats = args.repeats or (3 if args.quick else 7)
     min_sample_s = (args.min_sample_ms or (15.0 if args.quick else 30.0)) / 1e3
@@ -169,7 +174,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / ("linear_cuda_tc_quick" if args.quick else "linear_cuda_tc")
+    suffix = "" if args.kernel == "auto" and args.split_k == 0 else f"_{args.kernel}_split{args.split_k}"
+    stem = out / (("linear_cuda_tc_quick" if args.quick else "linear_cuda_tc") + suffix)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -177,7 +183,8 @@ def main(argv=None):
     with open(stem.with_suffix(".md"), "w") as f:
         f.write(f"# pylibnn CUDA GEMMs vs cuBLAS ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC})\n\n")
         f.write(f"{machine}. Medians of {repeats} interleaved repeats; TFLOP/s = flops / time "
-                f"(forward 2MNK, fwd+bwd 6MNK). PYLIBNN_CUDA_GEMM={os.environ.get('PYLIBNN_CUDA_GEMM', 'auto')}.\n\n")
+                f"(forward 2MNK, fwd+bwd 6MNK). Kernel override: {args.kernel}, split-K override: {args.split_k}; "
+                f"rule: {info['cuda_gemm']['rule']}.\n\n")
         f.write("| shape | M x K -> N | precision | mode | pylibnn TFLOP/s | cuBLAS TFLOP/s | ratio | max rel. error |\n")
         f.write("|---|---|---|---|---:|---:|---:|---:|\n")
         for r in rows:

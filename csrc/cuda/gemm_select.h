@@ -30,6 +30,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "matrix.h"
+
 namespace pylibnn::cuda {
 
 enum class GemmKernel : int { Auto = 0, SimtBasic, SimtWarptile, TensorCore };
@@ -104,8 +106,6 @@ struct GemmPlan {
   int64_t k_slice;  // K per slice, a multiple of tile.bk (K when splits == 1)
 };
 
-inline int64_t ceil_div_plan(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // The plan for C (M, N) = A (M, K) @ B (K, N) of `kind`; see the rule at the top.
 inline GemmPlan plan_gemm(ElementKind kind, int64_t M, int64_t N, int64_t K, bool allow_tf32, bool row_sums) {
   GemmPlan plan{};
@@ -143,20 +143,20 @@ inline GemmPlan plan_gemm(ElementKind kind, int64_t M, int64_t N, int64_t K, boo
   plan.splits = 1;
   plan.k_slice = K;
   if (kernel == GemmKernel::SimtBasic || K == 0 || M == 0 || N == 0) return plan;
-  const int64_t tiles = ceil_div_plan(M, plan.tile.bm) * ceil_div_plan(N, plan.tile.bn);
+  const int64_t tiles = ceil_div(M, plan.tile.bm) * ceil_div(N, plan.tile.bn);
   int64_t splits = split_k_override();
   if (splits == 0) {
     splits = 1;
     if (tiles < kSplitKTargetBlocks) {
-      splits = std::min({ceil_div_plan(kSplitKTargetBlocks, tiles), K / kSplitKMinSlice, kSplitKMaxSplits});
+      splits = std::min({ceil_div(kSplitKTargetBlocks, tiles), K / kSplitKMinSlice, kSplitKMaxSplits});
       const int64_t accumulator_bytes = kind == ElementKind::Float64 ? 8 : 4;
       splits = std::min(splits, kSplitKWorkspaceBytes / std::max<int64_t>(1, M * N * accumulator_bytes));
     }
   }
   if (splits <= 1) return plan;
-  const int64_t slice = ceil_div_plan(ceil_div_plan(K, splits), plan.tile.bk) * plan.tile.bk;
+  const int64_t slice = ceil_div(ceil_div(K, splits), plan.tile.bk) * plan.tile.bk;
   plan.k_slice = slice;
-  plan.splits = ceil_div_plan(K, slice);
+  plan.splits = ceil_div(K, slice);
   return plan;
 }
 
