@@ -17,8 +17,9 @@
 namespace pylibnn::cuda {
 
 struct CudaBackend {
-  // Every dtype of the ops natively: bfloat16 and float16 on the tensor-core GEMMs (the fused
-  // MLP kernels' widths take per-layer GEMMs for them), float32 exact or TF32, float64.
+  // Every dtype of the ops: bfloat16 and float16 natively on the tensor-core GEMMs for the
+  // single-layer ops (the MLP ops widen them to float32 themselves, mlp_cuda.cu), float32
+  // exact or TF32, float64.
   static bool computes(at::ScalarType dtype) {
     return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
   }

@@ -23,9 +23,9 @@
 //    views, no copies.
 // hidden: every element of it is written (padding rows and columns with zeros: the fused
 // kernel stores them, the per-layer path allocates hidden zeroed), so even its padding is
-// reproducible. bfloat16 / float16 take the per-layer path at every width (the fused kernels
-// hold float32 / float64 tiles): tensor-core GEMMs with float32 accumulation, each output
-// (hidden included) rounded once.
+// reproducible. bfloat16 / float16 run in float32 and round each output once (widened here,
+// see is_16_bit below); hidden is returned in the input dtype and widened again by the
+// backward.
 //
 // The same file is the emulated CUDA backend when a host compiler builds it (op_backend.h).
 // Only lean ATen/c10 headers here (see linear_cuda.cu).
@@ -59,10 +59,21 @@ bool fits_fused(int64_t input_width, const std::vector<int64_t>& widths) {
   return std::all_of(widths.begin(), widths.end(), [](int64_t n) { return n <= kFusedMaxWidth; });
 }
 
-// The fused kernels are float32 / float64 (their tiles hold their own dtype); bfloat16 and
-// float16 networks take the per-layer tensor-core GEMMs at every width.
-bool fused_for(at::ScalarType dtype, int64_t input_width, const std::vector<int64_t>& widths) {
-  return (dtype == at::kFloat || dtype == at::kDouble) && fits_fused(input_width, widths);
+// bfloat16 / float16 networks run in float32 here, as the op layer runs them for a backend
+// that does not compute those dtypes (CudaBackend computes them for the single-layer ops, on
+// the tensor cores): the fused kernels hold float32 / float64 tiles, and the ops' contract
+// keeps every hidden layer in float32 between layers (only the outputs, hidden included, are
+// rounded, once).
+bool is_16_bit(at::ScalarType dtype) { return dtype == at::kBFloat16 || dtype == at::kHalf; }
+
+at::Tensor widened(const at::Tensor& t) { return t.to(at::kFloat); }
+std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+}
+std::vector<at::Tensor> widened(at::TensorList tensors) {
+  std::vector<at::Tensor> wide;
+  for (const at::Tensor& t : tensors) wide.push_back(t.to(at::kFloat));
+  return wide;
 }
 
 std::optional<at::Tensor> bias_at(const c10::List<std::optional<at::Tensor>>& biases, size_t l) {
@@ -262,23 +273,31 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
 void CudaBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
                               const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
                               const at::Tensor& output, const at::Tensor& hidden) {
+  if (is_16_bit(input.scalar_type())) {
+    const at::Tensor output32 = at::empty(output.sizes(), output.options().dtype(at::kFloat));
+    const at::Tensor hidden32 = hidden.defined() ? at::empty(hidden.sizes(), hidden.options().dtype(at::kFloat))
+                                                 : at::Tensor();
+    c10::List<std::optional<at::Tensor>> biases32;
+    for (size_t l = 0; l < biases.size(); ++l) biases32.push_back(widened(bias_at(biases, l)));
+    mlp_forward(input.to(at::kFloat), widened(weights), biases32, activation, output32, hidden32);
+    output.copy_(output32);
+    if (hidden.defined()) hidden.copy_(hidden32);
+    return;
+  }
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
   const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(input.size(0), widths, activation != Activation::None);
-  const bool fused = fused_for(input.scalar_type(), input.size(1), widths);
+  const bool fused = fits_fused(input.size(1), widths);
   // The fused kernel writes all of hidden, padding included; the per-layer GEMMs only the
   // bands, so there hidden starts zeroed.
   if (hidden.defined() && !fused) hidden.zero_();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "mlp_forward_cuda", [&] {
-    using T = KernelType<scalar_t>;
-    if constexpr (!is_half_type<T>) {
-      if (fused) {
-        mlp_forward_fused<T>(input, weights, biases, activation, layout, output, hidden, stream);
-        return;
-      }
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_forward_cuda", [&] {
+    if (fused) {
+      mlp_forward_fused<scalar_t>(input, weights, biases, activation, layout, output, hidden, stream);
+    } else {
+      mlp_forward_per_layer<scalar_t>(input, weights, biases, activation, layout, output, hidden, stream);
     }
-    mlp_forward_per_layer<T>(input, weights, biases, activation, layout, output, hidden, stream);
   });
 }
 
@@ -286,21 +305,35 @@ void CudaBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& 
                                const at::Tensor& hidden, Activation activation, const at::Tensor& grad_input,
                                const std::vector<at::Tensor>& grad_weights,
                                const std::vector<at::Tensor>& grad_biases) {
+  if (is_16_bit(input.scalar_type())) {
+    const auto float_like = [](const at::Tensor& t) {
+      return t.defined() ? at::empty(t.sizes(), t.options().dtype(at::kFloat)) : at::Tensor();
+    };
+    const at::Tensor grad_input32 = float_like(grad_input);
+    std::vector<at::Tensor> grad_weights32, grad_biases32;
+    for (const at::Tensor& g : grad_weights) grad_weights32.push_back(float_like(g));
+    for (const at::Tensor& g : grad_biases) grad_biases32.push_back(float_like(g));
+    mlp_backward(grad_output.to(at::kFloat), input.to(at::kFloat), widened(weights),
+                 hidden.defined() ? hidden.to(at::kFloat) : hidden, activation,
+                 grad_input32, grad_weights32, grad_biases32);
+    if (grad_input.defined()) grad_input.copy_(grad_input32);
+    for (size_t l = 0; l < grad_weights.size(); ++l) grad_weights[l].copy_(grad_weights32[l]);
+    for (size_t l = 0; l < grad_biases.size(); ++l) {
+      if (grad_biases[l].defined()) grad_biases[l].copy_(grad_biases32[l]);
+    }
+    return;
+  }
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
   const std::vector<int64_t> widths = widths_of(weights);
   const MlpHiddenLayout layout(input.size(0), widths, activation != Activation::None);
   const MlpGradientOutputs grads{grad_input, grad_weights, grad_biases};
-  const bool fused = fused_for(input.scalar_type(), input.size(1), widths);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "mlp_backward_cuda", [&] {
-    using T = KernelType<scalar_t>;
-    if constexpr (!is_half_type<T>) {
-      if (fused) {
-        mlp_backward_fused<T>(grad_output, input, weights, hidden, activation, layout, grads, stream);
-        return;
-      }
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_backward_cuda", [&] {
+    if (fits_fused(input.size(1), widths)) {
+      mlp_backward_fused<scalar_t>(grad_output, input, weights, hidden, activation, layout, grads, stream);
+    } else {
+      mlp_backward_per_layer<scalar_t>(grad_output, input, weights, hidden, activation, layout, grads, stream);
     }
-    mlp_backward_per_layer<T>(grad_output, input, weights, hidden, activation, layout, grads, stream);
   });
 }
 
