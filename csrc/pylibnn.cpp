@@ -8,6 +8,7 @@
 
 #include "activation.h"
 #include "cpu/cpu_isa.h"
+#include "cuda/gemm_select.h"
 #include "ops/op_checks.h"
 #include "ops/op_list.h"
 #include "ops/shape_ops.h"
@@ -30,6 +31,17 @@ pybind11::dict build_info() {
   cpu["selected"] = pylibnn::cpu::selected_isa();
   info["cpu_isa"] = cpu;
   pylibnn::cpu::add_cpu_engine_info(info);
+  // The CUDA GEMM selection (cuda/gemm_select.h): the kernel and split-K overrides in force
+  // ("auto" and 0: the rule) and the kernels the rule chooses between.
+  pybind11::dict gemm;
+  gemm["kernel"] = std::string(pylibnn::cuda::gemm_kernel_name(pylibnn::cuda::gemm_kernel_override()));
+  gemm["split_k"] = pylibnn::cuda::split_k_override();
+  gemm["kernels"] = std::vector<std::string>{"simt_basic", "simt_warptile", "tensor_core"};
+  gemm["rule"] = std::string(
+      "bfloat16/float16: tensor_core (128x128x32, 64x128x32 for M <= 64); float32: tensor_core as TF32 when "
+      "torch allows TF32 for matmuls, else simt_warptile (128x128x16, 8x8 per lane); float64: simt_warptile "
+      "(64x64x16, 4x4 per lane); split-K below 128 output tiles when K >= 512 (<= 16 slices, summed in order)");
+  info["cuda_gemm"] = gemm;
   return info;
 }
 
@@ -41,6 +53,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &pylibnn::cpu::select_isa, pybind11::arg("name"),
         "Forces the CPU GEMM path: 'auto' (best supported), 'avx512', 'avx2', 'portable' or 'reference'");
   m.def("get_cpu_isa", &pylibnn::cpu::selected_isa, "The CPU GEMM path now in use");
+  m.def(
+      "set_cuda_gemm_kernel",
+      [](const std::string& name) { pylibnn::cuda::set_gemm_kernel_override(pylibnn::cuda::gemm_kernel_from_name(name)); },
+      pybind11::arg("name"), "Forces the CUDA GEMM kernel: 'auto', 'simt_basic', 'simt_warptile' or 'tensor_core'");
+  m.def("set_cuda_split_k", &pylibnn::cuda::set_split_k_override, pybind11::arg("splits"),
+        "Forces the CUDA GEMMs' split-K: 0 for the rule, S >= 1 slices");
   m.def("activation_names", [] {
     return std::vector<std::string>(std::begin(pylibnn::kActivationNames), std::end(pylibnn::kActivationNames));
   }, "The activation names of the fused ops, in the order of activation.h's list");

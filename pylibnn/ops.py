@@ -114,7 +114,9 @@ def build_info():
 
     Returns a dict: ``cuda`` (CUDA kernels compiled in), ``cuda_arch_list``, ``torch``
     (the version built against), ``cpu_isa`` (``compiled``, ``supported`` and ``selected``
-    CPU micro-kernel sets), and ``cuda_available`` (a GPU is visible now).
+    CPU micro-kernel sets), ``cuda_gemm`` (the CUDA GEMM ``kernel`` and ``split_k``
+    overrides in force, the ``kernels`` and the selection ``rule``), and ``cuda_available``
+    (a GPU is visible now).
     """
     info = _C.build_info()
     info["cuda_available"] = bool(info["cuda"] and torch.cuda.is_available())
@@ -128,3 +130,16 @@ def set_cpu_isa(name):
 
 def get_cpu_isa():
     return _C.get_cpu_isa()
+
+
+def set_cuda_gemm_kernel(name):
+    """Forces the CUDA GEMM kernel ('auto', 'simt_basic', 'simt_warptile', 'tensor_core'),
+    for tests and benchmarks; 'auto' restores the rule (build_info()['cuda_gemm']['rule']).
+    The environment variable PYLIBNN_CUDA_GEMM sets it at start-up."""
+    _C.set_cuda_gemm_kernel(name)
+
+
+def set_cuda_split_k(splits):
+    """Forces the CUDA GEMMs' split-K to `splits` slices (1: never split); 0 restores the rule.
+    PYLIBNN_CUDA_SPLIT_K sets it at start-up."""
+    _C.set_cuda_split_k(int(splits))

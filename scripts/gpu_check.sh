@@ -12,6 +12,8 @@
 #   import  pylibnn.build_info(): CUDA kernels compiled in and a GPU visible
 #   tests   python -m pytest -q tests -k cuda -m "not emulated_cuda and not slow"
 #   tutor   python -m pylibnn --device cuda (tutorial network, pylibnn vs reference)
+#   bench-tc python benchmarks/bench_linear_cuda.py --quick --out OUT_DIR (pylibnn's GEMM kernels vs
+#           cuBLAS: fp32, TF32, bf16, fp16 at transformer shapes, TFLOP/s and ratios)
 #   bench   python -m benchmarks.bench_linear --device cuda --quick --out OUT_DIR
 #   mlp     python -m benchmarks.bench_mlp --device cuda --quick --no-compile --out OUT_DIR
 #   cs-*    compute-sanitizer memcheck and racecheck over a subset of the CUDA tests, with the
@@ -196,8 +198,8 @@ case "$IMPORT_RC" in
 esac
 
 # ---------------------------------------------------------------- tests
-# Leave ~210 s for the tutorial run and the benchmarks after the tests.
-TESTS_S=$(( $(remaining) - 210 )); [ "$TESTS_S" -gt 240 ] && TESTS_S=240
+# Leave ~300 s for the tutorial run and the benchmarks after the tests.
+TESTS_S=$(( $(remaining) - 300 )); [ "$TESTS_S" -gt 240 ] && TESTS_S=240
 # (The emulated_cuda variants run on the CPU in CI; here only the real GPU's.)
 run_step tests "$TESTS_S" "$PYTHON" -m pytest -q -rfE tests -k cuda -m "not emulated_cuda and not slow" -p no:cacheprovider
 case "$STEP_RC" in
@@ -211,7 +213,13 @@ run_step tutorial 45 "$PYTHON" -m pylibnn --device cuda
 record tutorial "$(status_of "$STEP_RC")" "python -m pylibnn --device cuda: $(last_line)"
 
 # ---------------------------------------------------------------- benchmark
-run_step bench 150 "$PYTHON" -m benchmarks.bench_linear --device cuda --quick --out "$OUT_DIR"
+run_step bench-tc 120 "$PYTHON" benchmarks/bench_linear_cuda.py --quick --out "$OUT_DIR"
+if [ "$STEP_RC" = 0 ]; then
+  record bench-tc PASS "bench_linear_cuda.py --quick -> $OUT_DIR/linear_cuda_tc_quick.{csv,md}"
+else
+  record bench-tc "$(status_of "$STEP_RC")" "bench_linear_cuda.py --quick: $(last_line)"
+fi
+run_step bench 90 "$PYTHON" -m benchmarks.bench_linear --device cuda --quick --out "$OUT_DIR"
 BENCH_RC=$STEP_RC
 if [ "$BENCH_RC" = 0 ]; then
   record bench PASS "bench_linear.py --device cuda --quick -> $OUT_DIR/linear_cuda_quick.{csv,md,png}"
@@ -263,6 +271,16 @@ fi
 # ---------------------------------------------------------------- summary (printed last)
 {
   echo
+  if [ -f "$OUT_DIR/linear_cuda_tc_quick.csv" ]; then
+    echo "GEMM kernels vs cuBLAS (TFLOP/s, median; ratio pylibnn/cuBLAS):"
+    "$PYTHON" - "$OUT_DIR/linear_cuda_tc_quick.csv" <<'EOF' || true
+import csv, sys
+print(f"  {'shape':14s} {'prec':5s} {'mode':8s} {'pylibnn':>9s} {'cuBLAS':>9s} {'ratio':>6s} {'error':>9s}")
+for r in csv.DictReader(open(sys.argv[1])):
+    print(f"  {r['shape']:14s} {r['precision']:5s} {r['mode']:8s} {float(r['pylibnn_tflops']):9.2f} "
+          f"{float(r['torch_tflops']):9.2f} {float(r['ratio']):6.3f} {r['max_rel_error']:>9s}")
+EOF
+  fi
   if [ -f "$OUT_DIR/linear_cuda_quick.csv" ]; then
     echo "benchmark headline (GFLOP/s, median; pylibnn/cuBLAS ratio):"
     "$PYTHON" - "$OUT_DIR/linear_cuda_quick.csv" <<'EOF' || true

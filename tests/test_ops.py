@@ -49,7 +49,8 @@ def test_mlp_hidden_shape_is_the_kernels_layout():
 
 def test_build_info_keys_and_types():
     info = pylibnn.build_info()
-    assert set(info) == {"cuda", "cuda_arch_list", "torch", "cpu_isa", "cuda_available"}
+    assert set(info) == {"cuda", "cuda_arch_list", "torch", "cpu_isa", "cpu_profile", "cpu_scratch", "cuda_gemm",
+                         "cuda_available"}
     assert isinstance(info["cuda"], bool) and isinstance(info["cuda_available"], bool)
     assert isinstance(info["cuda_arch_list"], str) and isinstance(info["torch"], str)
     assert info["cuda_available"] == (info["cuda"] and torch.cuda.is_available())

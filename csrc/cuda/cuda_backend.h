@@ -17,8 +17,12 @@
 namespace pylibnn::cuda {
 
 struct CudaBackend {
-  // float32 and float64; bfloat16 and float16 are widened by the op layer.
-  static bool computes(at::ScalarType dtype) { return dtype == at::kFloat || dtype == at::kDouble; }
+  // Every dtype of the ops: bfloat16 and float16 natively on the tensor-core GEMMs for the
+  // single-layer ops (the MLP ops widen them to float32 themselves, mlp_cuda.cu), float32
+  // exact or TF32, float64.
+  static bool computes(at::ScalarType dtype) {
+    return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
+  }
   PYLIBNN_BACKEND_COMPUTATIONS  // ops/backend.h
 };
 

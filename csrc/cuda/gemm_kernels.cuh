@@ -6,6 +6,8 @@
 //                        [and preactivation = V] (forward), or C = V * act'(Z)
 //                        (backward, Z read from memory)
 //   column_sums_kernel   out (chunks, cols) = per-chunk column sums of m (rows, cols)
+// (gemm_tiled_kernel is the basic SIMT tile: the override 'simt_basic' and the dW GEMM that
+// sums db alongside use it; gemm_warptile.cuh and gemm_tensor_core.cuh are the default paths.)
 //   activation_grad_kernel  grad_z (M, N) = grad_y * act'(z), elementwise
 //
 // A, B and the column-sum input are strided views (any strides, stride 0 included), so
@@ -38,6 +40,7 @@
 
 #include "activation.h"
 #include "cuda/device.h"
+#include "cuda/gemm_numeric.h"
 
 namespace pylibnn::cuda {
 
@@ -234,28 +237,31 @@ constexpr int COLUMN_SUMS_ROW_GROUPS = 8;
 
 // out[chunk * cols + j] = sum of m(i, j) over rows i in [chunk * rows_per_chunk,
 // min(rows, (chunk + 1) * rows_per_chunk)), chunk = blockIdx.y. Thread (tx, ty) adds rows
-// ty, ty + ROW_GROUPS, ... of its chunk in order; a fixed tree over ty combines them.
+// ty, ty + ROW_GROUPS, ... of its chunk in order; a fixed tree over ty combines them. Sums are
+// kept in Accumulator<In> (float32 for the 16-bit types); Out is In or that accumulator (the
+// chunk partials of a multi-pass sum), rounded once when stored.
 // Launch: block (COLUMN_SUMS_COLS, COLUMN_SUMS_ROW_GROUPS),
 //         grid (ceil(cols / COLUMN_SUMS_COLS), chunks).
-template <typename T>
+template <typename In, typename Out>
 __global__ void __launch_bounds__(COLUMN_SUMS_COLS * COLUMN_SUMS_ROW_GROUPS)
-    column_sums_kernel(const T* m, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
-                       int64_t rows_per_chunk, T* out) {
+    column_sums_kernel(const In* m, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride,
+                       int64_t rows_per_chunk, Out* out) {
+  using Acc = Accumulator<In>;
   static_assert((COLUMN_SUMS_ROW_GROUPS & (COLUMN_SUMS_ROW_GROUPS - 1)) == 0,
                 "the halving tree needs a power of two");
   // +1 column: the tree reads partial[ty][tx] and partial[ty + s][tx] across the warp.
-  PYLIBNN_SHARED(T, partial, [COLUMN_SUMS_ROW_GROUPS][COLUMN_SUMS_COLS + 1]);
+  PYLIBNN_SHARED(Acc, partial, [COLUMN_SUMS_ROW_GROUPS][COLUMN_SUMS_COLS + 1]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * COLUMN_SUMS_COLS + tx;
   const int64_t chunk = blockIdx.y;
   const int64_t row_begin = chunk * rows_per_chunk;
   const int64_t row_end = row_begin + rows_per_chunk < rows ? row_begin + rows_per_chunk : rows;
 
-  T sum = T(0);
+  Acc sum = Acc(0);
   if (col < cols) {  // no early return: every thread must reach the barriers below
-    const T* column = m + col * col_stride;
+    const In* column = m + col * col_stride;
     for (int64_t row = row_begin + ty; row < row_end; row += COLUMN_SUMS_ROW_GROUPS) {
-      sum += column[row * row_stride];
+      sum += to_accumulator(column[row * row_stride]);
     }
   }
   partial[ty][tx] = sum;
@@ -265,11 +271,11 @@ __global__ void __launch_bounds__(COLUMN_SUMS_COLS * COLUMN_SUMS_ROW_GROUPS)
     if (ty < s) partial[ty][tx] += partial[ty + s][tx];
     __syncthreads();
   }
-  if (ty == 0 && col < cols) out[chunk * cols + col] = partial[0][tx];
+  if (ty == 0 && col < cols) out[chunk * cols + col] = from_accumulator<Out>(partial[0][tx]);
 }
 
 // grad_z(i, j) = grad_y(i, j) * act'(z(i, j), act(z(i, j))) over an (M, N) grid: the
-// gradient of a layer's pre-activation from that of its output. grad_y and z are strided;
+// gradient of a layer's pre-activation from that of its output, computed in Accumulator<T>. grad_y and z are strided;
 // grad_z is row-major with leading dimension ld_grad_z (it may alias neither input).
 // Each thread walks a grid-stride loop over the flattened row-major index; elementwise, so
 // the result does not depend on the launch shape.
@@ -282,9 +288,9 @@ __global__ void __launch_bounds__(256)
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < total; index += step) {
     const int64_t i = index / N, j = index % N;
-    const T zij = z[i * z_row_stride + j * z_col_stride];
-    grad_z[i * ld_grad_z + j] =
-        activation_gradient(activation, grad_y[i * grad_y_row_stride + j * grad_y_col_stride], zij);
+    const Accumulator<T> zij = to_accumulator(z[i * z_row_stride + j * z_col_stride]);
+    grad_z[i * ld_grad_z + j] = from_accumulator<T>(
+        activation_gradient(activation, to_accumulator(grad_y[i * grad_y_row_stride + j * grad_y_col_stride]), zij));
   }
 }
 

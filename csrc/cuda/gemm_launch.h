@@ -14,6 +14,8 @@
 #include <stdexcept>
 
 #include "activation.h"
+#include "cuda/gemm_numeric.h"
+#include "cuda/gemm_select.h"
 #include "matrix.h"
 #include "cuda/launch.h"
 
@@ -77,23 +79,37 @@ struct GemmEpilogue {
   }
 };
 
+// What a GEMM may use besides its operands: scratch memory (split-K's partial sums, the
+// tensor-core path's packed copies of views it cannot read in place) and whether float32 may
+// run as TF32 (the op reads torch's setting at call time). Without scratch, nothing is split
+// and views are read in place where the chosen kernel can.
+struct GemmContext {
+  Scratch* scratch = nullptr;
+  bool allow_tf32 = false;
+};
+
 // C (a.rows, b.cols), row-major with leading dimension ldc, = epilogue(a @ b [+ bias]);
 // a_row_sums (a.rows) = a @ 1 when non-null (only meaningful for a plain epilogue, which
-// is how it is used: db alongside dW), written even when C has no columns.
+// is how it is used: db alongside dW), written even when C has no columns. The kernel is
+// the one plan_gemm (gemm_select.h) picks for T and the shape. T: float, double, bfloat16,
+// float16 (row sums: float and double only).
 template <typename T>
 void gemm(const View<T>& a, const View<T>& b, T* c, int64_t ldc, const T* bias, int64_t bias_stride,
-          T* a_row_sums, cudaStream_t stream, const GemmEpilogue<T>& epilogue = GemmEpilogue<T>());
+          T* a_row_sums, cudaStream_t stream, const GemmEpilogue<T>& epilogue = GemmEpilogue<T>(),
+          const GemmContext& context = GemmContext());
 
-// out (m.cols) = column sums of m, deterministic (fixed chunks, fixed trees).
+// out (m.cols) = column sums of m, deterministic (fixed chunks, fixed trees), accumulated in
+// Accumulator<T> (float32 for the 16-bit types) and rounded once.
 template <typename T>
 void column_sums(View<T> m, T* out, Scratch& scratch, cudaStream_t stream);
 
 // The parameter gradients of a layer from the gradient dz (M, N) of its pre-activation and
 // its input x (M, K): grad_weight (N, K, contiguous) = dz^T @ x when non-null, grad_bias (N) =
-// dz^T @ 1 when non-null (summed by the dW GEMM when that runs, else by column_sums).
+// dz^T @ 1 when non-null (summed by the dW GEMM when that is the basic SIMT tile, the only
+// kernel that sums rows on the way, else by column_sums).
 template <typename T>
 void weight_and_bias_gradients(const View<T>& dz, const View<T>& x, T* grad_weight, T* grad_bias, Scratch& scratch,
-                               cudaStream_t stream);
+                               cudaStream_t stream, bool allow_tf32 = false);
 
 // grad_z (grad_y.rows, grad_y.cols), row-major with leading dimension ld_grad_z,
 // = grad_y * act'(z) elementwise (act(z) recomputed for the derivatives that use it).

@@ -13,6 +13,8 @@
 #include "cuda/device.h"
 
 #if defined(__CUDACC__)
+#include <atomic>
+
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime_api.h>
 #else
@@ -49,11 +51,18 @@ void launch(const LaunchConfig& config, const Args&... args) {
 #endif
 }
 
-// Allows `kernel` more than 48 KiB of dynamic shared memory (cudaFuncSetAttribute).
+// Allows `kernel` more than 48 KiB of dynamic shared memory (cudaFuncSetAttribute), once per
+// device and size: the attribute call costs about a microsecond, a thin GEMM ten.
 template <auto Kernel>
 void allow_dynamic_shared_memory(size_t bytes) {
 #if defined(__CUDACC__)
+  constexpr int kTrackedDevices = 64;
+  static std::atomic<size_t> raised[kTrackedDevices] = {};
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kTrackedDevices && raised[device].load(std::memory_order_relaxed) >= bytes) return;
   C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (device < kTrackedDevices) raised[device].store(bytes, std::memory_order_relaxed);
 #else
   emulation::set_max_dynamic_shared_memory(reinterpret_cast<const void*>(Kernel), bytes);
 #endif

@@ -23,8 +23,8 @@
 //    views, no copies.
 // hidden: every element of it is written (padding rows and columns with zeros: the fused
 // kernel stores them, the per-layer path allocates hidden zeroed), so even its padding is
-// reproducible. bfloat16 / float16 run in float32 and round each output once (the op
-// layer widens and rounds); hidden is returned in the input dtype and widened again by the
+// reproducible. bfloat16 / float16 run in float32 and round each output once (widened here,
+// see is_16_bit below); hidden is returned in the input dtype and widened again by the
 // backward.
 //
 // The same file is the emulated CUDA backend when a host compiler builds it (op_backend.h).
@@ -59,6 +59,23 @@ bool fits_fused(int64_t input_width, const std::vector<int64_t>& widths) {
   return std::all_of(widths.begin(), widths.end(), [](int64_t n) { return n <= kFusedMaxWidth; });
 }
 
+// bfloat16 / float16 networks run in float32 here, as the op layer runs them for a backend
+// that does not compute those dtypes (CudaBackend computes them for the single-layer ops, on
+// the tensor cores): the fused kernels hold float32 / float64 tiles, and the ops' contract
+// keeps every hidden layer in float32 between layers (only the outputs, hidden included, are
+// rounded, once).
+bool is_16_bit(at::ScalarType dtype) { return dtype == at::kBFloat16 || dtype == at::kHalf; }
+
+at::Tensor widened(const at::Tensor& t) { return t.to(at::kFloat); }
+std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+}
+std::vector<at::Tensor> widened(at::TensorList tensors) {
+  std::vector<at::Tensor> wide;
+  for (const at::Tensor& t : tensors) wide.push_back(t.to(at::kFloat));
+  return wide;
+}
+
 std::optional<at::Tensor> bias_at(const c10::List<std::optional<at::Tensor>>& biases, size_t l) {
   std::optional<at::Tensor> bias = biases.get(l);
   if (bias.has_value() && !bias->defined()) return std::nullopt;
@@ -76,7 +93,7 @@ void describe_layers(FusedMlpParams<T>& p, const at::Tensor& input, Activation a
   p.M = input.size(0);
   p.hidden_rows = layout.rows;
   p.hidden_ld = layout.cols;
-  p.input = input.const_data_ptr<T>();
+  p.input = data_of<T>(input);
   p.input_row_stride = input.stride(0);
   p.input_col_stride = input.stride(1);
   p.num_layers = static_cast<int>(weights.size());
@@ -88,7 +105,7 @@ void describe_layers(FusedMlpParams<T>& p, const at::Tensor& input, Activation a
     layer.bias_stride = 0;
     if (biases != nullptr) {
       if (const std::optional<at::Tensor> bias = bias_at(*biases, l)) {
-        layer.bias = bias->const_data_ptr<T>();
+        layer.bias = data_of<T>(*bias);
         layer.bias_stride = bias->stride(0);
       }
     }
@@ -112,8 +129,8 @@ void mlp_forward_fused(const at::Tensor& input, at::TensorList weights,
   FusedMlpParams<T> p{};
   std::vector<at::Tensor> contiguous_weights;
   describe_layers<T>(p, input, activation, weights, &biases, layout, contiguous_weights);
-  p.output = output.mutable_data_ptr<T>();
-  p.hidden = hidden.defined() ? hidden.mutable_data_ptr<T>() : nullptr;
+  p.output = mutable_data_of<T>(output);
+  p.hidden = hidden.defined() ? mutable_data_of<T>(hidden) : nullptr;
   launch_mlp_forward_fused(p, stream);
 }
 
@@ -130,27 +147,30 @@ void mlp_forward_per_layer(const at::Tensor& input, at::TensorList weights,
   // a_l when hidden is not saved. Replacing it while the GEMM reading it is still queued is
   // safe: the caching allocator reuses memory in stream order.
   at::Tensor a_buffer;
+  TensorScratch scratch(input.options());
+  const GemmContext context = gemm_context<T>(scratch);
   for (size_t l = 0; l < L; ++l) {
     const at::Tensor& w = weights[l];
     const int64_t N = w.size(0);
     const std::optional<at::Tensor> bias = bias_at(biases, l);
-    const T* bias_data = bias ? bias->const_data_ptr<T>() : nullptr;
+    const T* bias_data = bias ? data_of<T>(*bias) : nullptr;
     const int64_t bias_stride = bias ? bias->stride(0) : 0;
     const View<T> w_t = view_of<T>(w).transposed();
     if (l + 1 == L) {
-      gemm<T>(a, w_t, output.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream);
+      gemm<T>(a, w_t, mutable_data_of<T>(output), N, bias_data, bias_stride, nullptr, stream, GemmEpilogue<T>(),
+              context);
     } else if (save_hidden) {
-      T* base = hidden.mutable_data_ptr<T>();
+      T* base = mutable_data_of<T>(hidden);
       T* y = base + layout.y_offset[l];
       T* z = activation != Activation::None ? base + layout.z_offset[l] : nullptr;
       gemm<T>(a, w_t, y, layout.cols, bias_data, bias_stride, nullptr, stream,
-              GemmEpilogue<T>::forward(activation, z, layout.cols));
+              GemmEpilogue<T>::forward(activation, z, layout.cols), context);
       a = View<T>{y, M, N, layout.cols, 1};
     } else {
       at::Tensor next = at::empty({M, N}, input.options());
-      gemm<T>(a, w_t, next.mutable_data_ptr<T>(), N, bias_data, bias_stride, nullptr, stream,
-              GemmEpilogue<T>::forward(activation));
-      a = View<T>{next.const_data_ptr<T>(), M, N, N, 1};
+      gemm<T>(a, w_t, mutable_data_of<T>(next), N, bias_data, bias_stride, nullptr, stream,
+              GemmEpilogue<T>::forward(activation), context);
+      a = View<T>{data_of<T>(next), M, N, N, 1};
       a_buffer = std::move(next);
     }
   }
@@ -180,25 +200,25 @@ void mlp_backward_fused(const at::Tensor& grad_output, const at::Tensor& input, 
   at::Tensor partials;
   if (split.blocks > 0) {
     partials = at::empty({split.blocks, partials_stride}, grad_output.options());
-    p.grad_output = grad_output.const_data_ptr<T>();
+    p.grad_output = data_of<T>(grad_output);
     p.grad_output_row_stride = grad_output.stride(0);
     p.grad_output_col_stride = grad_output.stride(1);
-    p.saved_hidden = hidden.const_data_ptr<T>();
-    p.grad_input = grads.grad_input.defined() ? grads.grad_input.mutable_data_ptr<T>() : nullptr;
-    p.partials = partials.mutable_data_ptr<T>();
+    p.saved_hidden = data_of<T>(hidden);
+    p.grad_input = grads.grad_input.defined() ? mutable_data_of<T>(grads.grad_input) : nullptr;
+    p.partials = mutable_data_of<T>(partials);
     p.partials_stride = partials_stride;
     launch_mlp_backward_fused(p, split, stream);
   }
   // M == 0: no rows of partials, the sums are zeros.
-  const T* partials_data = partials.defined() ? partials.const_data_ptr<T>() : nullptr;
+  const T* partials_data = partials.defined() ? data_of<T>(partials) : nullptr;
   const int64_t summed_blocks = partials.defined() ? split.blocks : 0;
   for (size_t l = 0; l < weights.size(); ++l) {
     const FusedLayer<T>& layer = p.layers[l];
     reduce_partials(partials_data, summed_blocks, partials_stride, layer.grad_weight_offset,
-                    static_cast<int64_t>(layer.n) * layer.k, grads.grad_weights[l].mutable_data_ptr<T>(), stream);
+                    static_cast<int64_t>(layer.n) * layer.k, mutable_data_of<T>(grads.grad_weights[l]), stream);
     if (has_bias[l]) {
       reduce_partials(partials_data, summed_blocks, partials_stride, layer.grad_bias_offset,
-                      static_cast<int64_t>(layer.n), grads.grad_biases[l].mutable_data_ptr<T>(), stream);
+                      static_cast<int64_t>(layer.n), mutable_data_of<T>(grads.grad_biases[l]), stream);
     }
   }
 }
@@ -219,16 +239,17 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
   }
   const auto options = grad_output.options();
   TensorScratch scratch(options);
-  const T* saved = hidden.const_data_ptr<T>();
+  const GemmContext context = gemm_context<T>(scratch);
+  const T* saved = data_of<T>(hidden);
   View<T> dz = view_of<T>(grad_output);
   at::Tensor dz_buffer;  // dz_{l-1}; replaced in stream order, as in mlp_forward_per_layer
   for (size_t l = weights.size(); l-- > 0;) {
     const at::Tensor& w = weights[l];
     const int64_t K = w.size(1);
     const View<T> a_prev = l > 0 ? View<T>{saved + layout.y_offset[l - 1], M, K, layout.cols, 1} : view_of<T>(input);
-    weight_and_bias_gradients<T>(dz, a_prev, grads.grad_weights[l].mutable_data_ptr<T>(),
-                                 grads.grad_biases[l].defined() ? grads.grad_biases[l].mutable_data_ptr<T>() : nullptr,
-                                 scratch, stream);
+    weight_and_bias_gradients<T>(dz, a_prev, mutable_data_of<T>(grads.grad_weights[l]),
+                                 grads.grad_biases[l].defined() ? mutable_data_of<T>(grads.grad_biases[l]) : nullptr,
+                                 scratch, stream, context.allow_tf32);
     if (l > 0) {
       // dz_{l-1} = (dz_l @ W_l) * act'(z_{l-1}, a_{l-1}), the derivative applied in the epilogue.
       at::Tensor next = at::empty({M, K}, options);
@@ -237,11 +258,12 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
               ? GemmEpilogue<T>()
               : GemmEpilogue<T>::backward(activation, saved + layout.z_offset[l - 1], saved + layout.y_offset[l - 1],
                                           layout.cols);
-      gemm<T>(dz, view_of<T>(w), next.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream, epilogue);
-      dz = View<T>{next.const_data_ptr<T>(), M, K, K, 1};
+      gemm<T>(dz, view_of<T>(w), mutable_data_of<T>(next), K, nullptr, 0, nullptr, stream, epilogue, context);
+      dz = View<T>{data_of<T>(next), M, K, K, 1};
       dz_buffer = std::move(next);
     } else if (grads.grad_input.defined()) {
-      gemm<T>(dz, view_of<T>(w), grads.grad_input.mutable_data_ptr<T>(), K, nullptr, 0, nullptr, stream);
+      gemm<T>(dz, view_of<T>(w), mutable_data_of<T>(grads.grad_input), K, nullptr, 0, nullptr, stream,
+              GemmEpilogue<T>(), context);
     }
   }
 }
@@ -251,6 +273,17 @@ void mlp_backward_per_layer(const at::Tensor& grad_output, const at::Tensor& inp
 void CudaBackend::mlp_forward(const at::Tensor& input, at::TensorList weights,
                               const c10::List<std::optional<at::Tensor>>& biases, Activation activation,
                               const at::Tensor& output, const at::Tensor& hidden) {
+  if (is_16_bit(input.scalar_type())) {
+    const at::Tensor output32 = at::empty(output.sizes(), output.options().dtype(at::kFloat));
+    const at::Tensor hidden32 = hidden.defined() ? at::empty(hidden.sizes(), hidden.options().dtype(at::kFloat))
+                                                 : at::Tensor();
+    c10::List<std::optional<at::Tensor>> biases32;
+    for (size_t l = 0; l < biases.size(); ++l) biases32.push_back(widened(bias_at(biases, l)));
+    mlp_forward(input.to(at::kFloat), widened(weights), biases32, activation, output32, hidden32);
+    output.copy_(output32);
+    if (hidden.defined()) hidden.copy_(hidden32);
+    return;
+  }
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
   const std::vector<int64_t> widths = widths_of(weights);
@@ -272,6 +305,24 @@ void CudaBackend::mlp_backward(const at::Tensor& grad_output, const at::Tensor& 
                                const at::Tensor& hidden, Activation activation, const at::Tensor& grad_input,
                                const std::vector<at::Tensor>& grad_weights,
                                const std::vector<at::Tensor>& grad_biases) {
+  if (is_16_bit(input.scalar_type())) {
+    const auto float_like = [](const at::Tensor& t) {
+      return t.defined() ? at::empty(t.sizes(), t.options().dtype(at::kFloat)) : at::Tensor();
+    };
+    const at::Tensor grad_input32 = float_like(grad_input);
+    std::vector<at::Tensor> grad_weights32, grad_biases32;
+    for (const at::Tensor& g : grad_weights) grad_weights32.push_back(float_like(g));
+    for (const at::Tensor& g : grad_biases) grad_biases32.push_back(float_like(g));
+    mlp_backward(grad_output.to(at::kFloat), input.to(at::kFloat), widened(weights),
+                 hidden.defined() ? hidden.to(at::kFloat) : hidden, activation,
+                 grad_input32, grad_weights32, grad_biases32);
+    if (grad_input.defined()) grad_input.copy_(grad_input32);
+    for (size_t l = 0; l < grad_weights.size(); ++l) grad_weights[l].copy_(grad_weights32[l]);
+    for (size_t l = 0; l < grad_biases.size(); ++l) {
+      if (grad_biases[l].defined()) grad_biases[l].copy_(grad_biases32[l]);
+    }
+    return;
+  }
   const OpDevice device(input);
   const cudaStream_t stream = device.stream();
   const std::vector<int64_t> widths = widths_of(weights);

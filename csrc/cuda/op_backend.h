@@ -9,8 +9,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
+#include <ATen/Context.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
@@ -56,9 +60,45 @@ class TensorScratch final : public Scratch {
   std::vector<at::Tensor> buffers_;
 };
 
+// A GEMM's context in an op: its scratch, and TF32 for float32 when torch allows it for
+// matmuls now (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision
+// other than "highest": at::Context::allowTF32CuBLAS reads both), read at every call.
+template <typename T>
+GemmContext gemm_context(Scratch& scratch) {
+  return GemmContext{&scratch, std::is_same_v<T, float> && at::globalContext().allowTF32CuBLAS()};
+}
+
+// The kernels' element type of a tensor's scalar type: the 16-bit types of gemm_numeric.h
+// for at::BFloat16 / at::Half (same bits), the type itself otherwise.
+template <typename S>
+struct KernelTypeOf {
+  using type = S;
+};
+template <>
+struct KernelTypeOf<c10::BFloat16> {
+  using type = bfloat16;
+};
+template <>
+struct KernelTypeOf<c10::Half> {
+  using type = float16;
+};
+template <typename S>
+using KernelType = typename KernelTypeOf<S>::type;
+
+// A tensor's data as kernel elements T (the dtype checked by the dispatch that chose T).
+template <typename T>
+const T* data_of(const at::Tensor& t) {
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "a floating element type");
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+T* mutable_data_of(const at::Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
 template <typename T>
 View<T> view_of(const at::Tensor& t) {
-  return {t.const_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+  return {data_of<T>(t), t.size(0), t.size(1), t.stride(0), t.stride(1)};
 }
 
 }  // namespace pylibnn::cuda

@@ -13,6 +13,8 @@
 //   ldmatrix_x{1,2,4}[_trans]  8x8 matrices of 16-bit values from shared memory: lanes
 //     8i .. 8i+7 give the 16-byte aligned row addresses of matrix i; lane l receives row l/4,
 //     columns 2(l%4)..+1 of each (transposed: column l/4, rows 2(l%4)..+1).
+//   float_to_tf32              cvt.rna.tf32.f32: float32 rounded to tf32 (10 mantissa bits, to
+//     nearest, ties away from zero), as the bits of a float32 whose low 13 bits are zero.
 //   cp_async_{4,8,16}          global -> shared copies that complete at cp_async_wait<N>()
 //     (all but the N most recently committed groups) or cp_async_wait_all(); source_bytes
 //     below the copy size zero-fill the rest.
@@ -52,6 +54,12 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (
       "{%10, %11, %12, %13};\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ uint32_t float_to_tf32(float f) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(f));
+  return r;
 }
 
 __device__ __forceinline__ uint32_t shared_address(const void* p) {
@@ -122,6 +130,8 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
                              PYLIBNN_PTX_SITE) {
   emulation::mma_sync(emulation::MmaInput::TF32, d, a, b, c, file, line);
 }
+
+inline uint32_t float_to_tf32(float f) { return emulation::float_to_tf32(f); }
 
 inline void ldmatrix_x1(uint32_t (&r)[1], const void* row, PYLIBNN_PTX_SITE) {
   emulation::ldmatrix(1, false, r, row, file, line);

@@ -7,7 +7,7 @@
 //                            memory, poison, strict mode, atomics, fiber orders, and the
 //                            PTX twins of csrc/cuda/ptx.h (mma.sync, ldmatrix, cp.async)
 //   check_kernels kernels    gemm_launch.cuh and mlp_launch.h (instantiated in kernels.cpp)
-//                            against float64 loops, every case at three fiber orders
+//                            against float64 loops, every case at four fiber orders
 //                            (bitwise equal) in strict mode, with canaries around every output
 // Prints one line per case; exits 1 if any case failed.
 #include <cmath>
@@ -22,6 +22,7 @@
 #include "activation.h"
 #include "check_kernels.h"
 #include "cuda/launch.h"
+#include "cuda/gemm_select.h"
 #include "cuda/ptx.h"
 #include "ptx_checks.h"
 #include "mlp_layout.h"
@@ -349,9 +350,27 @@ double uniform() {  // in [-1, 1)
   return static_cast<double>(g_random >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
+// Element types as doubles and back: float, double, and the kernels' 16-bit types
+// (gemm_numeric.h), which the tests round with the kernels' own conversion.
+template <typename T>
+double as_double(T v) {
+  return static_cast<double>(static_cast<Accumulator<T>>(v));
+}
+template <typename T>
+T from_double(double v) {
+  return from_accumulator<T>(static_cast<Accumulator<T>>(v));
+}
+template <typename T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, float>) return "float";
+  if constexpr (std::is_same_v<T, double>) return "double";
+  if constexpr (std::is_same_v<T, bfloat16>) return "bfloat16";
+  return "float16";
+}
+
 template <typename T>
 T canary() {
-  return std::numeric_limits<T>::quiet_NaN();
+  return from_double<T>(std::numeric_limits<double>::quiet_NaN());
 }
 
 // An output with kGuard canaries on either side, checked after the launch.
@@ -360,14 +379,14 @@ struct Output {
   static constexpr size_t kGuard = 64;
   std::vector<T> storage;
   explicit Output(size_t n) : storage(n + 2 * kGuard) {
-    for (T& v : storage) v = static_cast<T>(-12345.0);
+    for (T& v : storage) v = from_double<T>(-12345.0);
     for (size_t i = 0; i < kGuard; ++i) storage[i] = storage[storage.size() - 1 - i] = canary<T>();
   }
   T* data() { return storage.data() + kGuard; }
   const T* data() const { return storage.data() + kGuard; }
   bool guards_intact() const {
     for (size_t i = 0; i < kGuard; ++i) {
-      if (!std::isnan(storage[i]) || !std::isnan(storage[storage.size() - 1 - i])) return false;
+      if (!std::isnan(as_double(storage[i])) || !std::isnan(as_double(storage[storage.size() - 1 - i]))) return false;
     }
     return true;
   }
@@ -377,32 +396,40 @@ struct Output {
 template <typename T>
 std::unique_ptr<T[]> random_input(size_t n) {
   std::unique_ptr<T[]> p(new T[n == 0 ? 1 : n]);
-  for (size_t i = 0; i < n; ++i) p[i] = static_cast<T>(uniform());
+  for (size_t i = 0; i < n; ++i) p[i] = from_double<T>(uniform());
   return p;
 }
 
+// The machine epsilon of T (2^-7 for bfloat16, 2^-10 for float16).
 template <typename T>
 constexpr double unit_roundoff() {
+  if constexpr (std::is_same_v<T, bfloat16>) return 0.0078125;
+  if constexpr (std::is_same_v<T, float16>) return 0.0009765625;
   return std::numeric_limits<T>::epsilon();
 }
 
-// |got - expected| <= 4 eps sqrt(depth) magnitude (+ the activation's own rounding).
+// |got - expected| <= 4 eps_acc sqrt(depth) magnitude (the sum, in T's accumulator) +
+// product_error magnitude (TF32's rounded operands: 2^-10 relative per product) + 8 eps_T
+// |expected| (the activation's and the final rounding to T). 16-bit products are exact in
+// float32, so bfloat16 / float16 results differ from the float64 reference by the float32
+// sum's rounding and the one rounding to T.
 template <typename T>
-bool close(double got, double expected, double magnitude, int64_t depth) {
-  const double bound = 4.0 * unit_roundoff<T>() * std::sqrt(static_cast<double>(std::max<int64_t>(depth, 1))) *
-                           magnitude + 8.0 * unit_roundoff<T>() * std::fabs(expected);
+bool close(double got, double expected, double magnitude, int64_t depth, double product_error = 0.0) {
+  const double bound = 4.0 * unit_roundoff<Accumulator<T>>() * std::sqrt(static_cast<double>(std::max<int64_t>(depth, 1))) *
+                           magnitude + product_error * magnitude + 8.0 * unit_roundoff<T>() * std::fabs(expected);
   return std::fabs(got - expected) <= bound;
 }
 
-// Runs `launch_all` (which fills `outputs`) at three fiber orders in strict mode and checks
-// that the three results are bitwise equal; returns the forward-order result's problem.
+// Runs `launch_all` (which fills `outputs`) at four fiber orders in strict mode (forward,
+// reverse, shuffled, warp run-ahead) and checks that the results are bitwise equal; returns
+// the forward-order result's problem.
 template <typename T>
 std::string at_three_orders(const std::function<void()>& launch_all, const std::vector<const std::vector<T>*>& outputs) {
   std::vector<std::vector<T>> first;
   emulation::set_strict(true);
   const emulation::FiberOrder orders[] = {emulation::FiberOrder::Forward, emulation::FiberOrder::Reverse,
-                                          emulation::FiberOrder::Shuffle};
-  for (int o = 0; o < 3; ++o) {
+                                          emulation::FiberOrder::Shuffle, emulation::FiberOrder::WarpRunAhead};
+  for (int o = 0; o < 4; ++o) {
     emulation::set_fiber_order(orders[o], 1234 + o);
     launch_all();
     for (size_t k = 0; k < outputs.size(); ++k) {
@@ -448,66 +475,9 @@ struct Operand {
     }
     data = random_input<T>(n);
   }
-  double at(int64_t i, int64_t j) const { return static_cast<double>(data[i * row_stride + j * col_stride]); }
+  double at(int64_t i, int64_t j) const { return as_double(data[i * row_stride + j * col_stride]); }
   View<T> view() const { return {data.get(), rows, cols, row_stride, col_stride}; }
 };
-
-template <typename T>
-void check_gemm(int64_t M, int64_t N, int64_t K, Layout a_layout, Layout b_layout, Activation activation,
-                bool backward_epilogue) {
-  char name[200];
-  std::snprintf(name, sizeof name, "gemm<%s> %lld x %lld x %lld, A %s, B %s, activation %d%s",
-                sizeof(T) == 4 ? "float" : "double", (long long)M, (long long)N, (long long)K, layout_name(a_layout),
-                layout_name(b_layout), static_cast<int>(activation), backward_epilogue ? " (backward epilogue)" : "");
-  run_case(name, [&]() -> std::string {
-    const Operand<T> a(M, K, a_layout), b(K, N, b_layout);
-    const std::unique_ptr<T[]> bias = random_input<T>(N);
-    const std::unique_ptr<T[]> z = random_input<T>(M * N);
-    const bool plain = activation == Activation::None && !backward_epilogue;
-    Output<T> c(M * N), pre(M * N), sums(M);
-    std::vector<T> c_copy, pre_copy, sums_copy;
-    const auto launch_all = [&] {
-      GemmEpilogue<T> epilogue = backward_epilogue ? GemmEpilogue<T>::backward(activation, z.get(), nullptr, N)
-                                                   : GemmEpilogue<T>::forward(activation, pre.data(), N);
-      if (plain) epilogue = GemmEpilogue<T>();
-      gemm<T>(a.view(), b.view(), c.data(), N, backward_epilogue ? nullptr : bias.get(), 1, plain ? sums.data() : nullptr,
-              nullptr, epilogue);
-    };
-    std::string problem = at_three_orders<T>(launch_all, {&c.storage, &pre.storage, &sums.storage});
-    if (!problem.empty()) return problem;
-    if (!c.guards_intact() || !pre.guards_intact() || !sums.guards_intact()) return "a store outside an output";
-    for (int64_t i = 0; i < M; ++i) {
-      double row_sum = 0, row_magnitude = 0;
-      for (int64_t k = 0; k < K; ++k) row_sum += a.at(i, k), row_magnitude += std::fabs(a.at(i, k));
-      if (plain && !close<T>(sums.data()[i], row_sum, row_magnitude, K)) {
-        return "row sum " + std::to_string(i) + ": got " + std::to_string(sums.data()[i]) + ", expected " +
-               std::to_string(row_sum);
-      }
-      for (int64_t j = 0; j < N; ++j) {
-        double v = backward_epilogue ? 0.0 : static_cast<double>(bias[j]);
-        double magnitude = std::fabs(v);
-        for (int64_t k = 0; k < K; ++k) v += a.at(i, k) * b.at(k, j), magnitude += std::fabs(a.at(i, k) * b.at(k, j));
-        double expected = v;
-        if (backward_epilogue) {
-          const double zij = static_cast<double>(z[i * N + j]);
-          const double derivative = activation_gradient(activation, 1.0, zij);
-          expected = v * derivative;
-          magnitude *= std::fabs(derivative);
-        } else if (activation != Activation::None) {
-          if (!close<T>(pre.data()[i * N + j], v, magnitude, K)) return "preactivation wrong at " + std::to_string(i);
-          expected = apply_activation(activation, v);
-          magnitude *= 1.2;  // sup |act'| of the activations used here
-        }
-        const double got = static_cast<double>(c.data()[i * N + j]);
-        if (!close<T>(got, expected, magnitude, K)) {
-          return "C(" + std::to_string(i) + ", " + std::to_string(j) + "): got " + std::to_string(got) +
-                 ", expected " + std::to_string(expected);
-        }
-      }
-    }
-    return "";
-  });
-}
 
 class VectorScratch final : public Scratch {
  public:
@@ -520,9 +490,80 @@ class VectorScratch final : public Scratch {
   std::vector<std::unique_ptr<unsigned char[]>> blocks_;
 };
 
+// One GEMM through gemm<T> under a kernel override (gemm_select.h) and a split-K override (0:
+// the rule), against float64 loops. Row sums are asked of the basic SIMT tile only (the one
+// kernel that computes them); TF32 (tf32 = true, float) is checked with its operand rounding.
+template <typename T>
+void check_gemm(int64_t M, int64_t N, int64_t K, Layout a_layout, Layout b_layout, Activation activation,
+                bool backward_epilogue, GemmKernel kernel = GemmKernel::SimtBasic, int64_t splits = 0,
+                bool tf32 = false) {
+  char name[260];
+  std::snprintf(name, sizeof name, "gemm<%s> %lld x %lld x %lld, A %s, B %s, activation %d%s, kernel %s%s, split-K %lld",
+                type_name<T>(), (long long)M, (long long)N, (long long)K, layout_name(a_layout),
+                layout_name(b_layout), static_cast<int>(activation), backward_epilogue ? " (backward epilogue)" : "",
+                gemm_kernel_name(kernel), tf32 ? " (TF32 allowed)" : "", (long long)splits);
+  run_case(name, [&]() -> std::string {
+    const Operand<T> a(M, K, a_layout), b(K, N, b_layout);
+    const std::unique_ptr<T[]> bias = random_input<T>(N);
+    const std::unique_ptr<T[]> z = random_input<T>(M * N);
+    const bool plain = activation == Activation::None && !backward_epilogue;
+    const bool with_sums = plain && kernel == GemmKernel::SimtBasic;
+    Output<T> c(M * N), pre(M * N), sums(M);
+    std::vector<T> c_copy, pre_copy, sums_copy;
+    const auto launch_all = [&] {
+      GemmEpilogue<T> epilogue = backward_epilogue ? GemmEpilogue<T>::backward(activation, z.get(), nullptr, N)
+                                                   : GemmEpilogue<T>::forward(activation, pre.data(), N);
+      if (plain) epilogue = GemmEpilogue<T>();
+      VectorScratch scratch;
+      set_gemm_kernel_override(kernel);
+      set_split_k_override(splits);
+      gemm<T>(a.view(), b.view(), c.data(), N, backward_epilogue ? nullptr : bias.get(), 1,
+              with_sums ? sums.data() : nullptr, nullptr, epilogue, GemmContext{&scratch, tf32});
+      set_gemm_kernel_override(GemmKernel::Auto);
+      set_split_k_override(0);
+    };
+    std::string problem = at_three_orders<T>(launch_all, {&c.storage, &pre.storage, &sums.storage});
+    if (!problem.empty()) return problem;
+    if (!c.guards_intact() || !pre.guards_intact() || !sums.guards_intact()) return "a store outside an output";
+    const double product_error = tf32 ? 0.0009765625 : 0.0;
+    for (int64_t i = 0; i < M; ++i) {
+      double row_sum = 0, row_magnitude = 0;
+      for (int64_t k = 0; k < K; ++k) row_sum += a.at(i, k), row_magnitude += std::fabs(a.at(i, k));
+      if (with_sums && !close<T>(as_double(sums.data()[i]), row_sum, row_magnitude, K)) {
+        return "row sum " + std::to_string(i) + ": got " + std::to_string(as_double(sums.data()[i])) + ", expected " +
+               std::to_string(row_sum);
+      }
+      for (int64_t j = 0; j < N; ++j) {
+        double v = backward_epilogue ? 0.0 : as_double(bias[j]);
+        double magnitude = std::fabs(v);
+        for (int64_t k = 0; k < K; ++k) v += a.at(i, k) * b.at(k, j), magnitude += std::fabs(a.at(i, k) * b.at(k, j));
+        double expected = v;
+        if (backward_epilogue) {
+          const double zij = as_double(z[i * N + j]);
+          const double derivative = activation_gradient(activation, 1.0, zij);
+          expected = v * derivative;
+          magnitude *= std::fabs(derivative);
+        } else if (activation != Activation::None) {
+          if (!close<T>(as_double(pre.data()[i * N + j]), v, magnitude, K, product_error)) {
+            return "preactivation wrong at " + std::to_string(i);
+          }
+          expected = apply_activation(activation, v);
+          magnitude *= 1.2;  // sup |act'| of the activations used here
+        }
+        const double got = as_double(c.data()[i * N + j]);
+        if (!close<T>(got, expected, magnitude, K, product_error)) {
+          return "C(" + std::to_string(i) + ", " + std::to_string(j) + "): got " + std::to_string(got) +
+                 ", expected " + std::to_string(expected);
+        }
+      }
+    }
+    return "";
+  });
+}
+
 template <typename T>
 void check_column_sums(int64_t rows, int64_t cols, Layout layout) {
-  const std::string name = std::string("column_sums<") + (sizeof(T) == 4 ? "float" : "double") + "> " +
+  const std::string name = std::string("column_sums<") + type_name<T>() + "> " +
                            std::to_string(rows) + " x " + std::to_string(cols) + ", " + layout_name(layout);
   run_case(name, [&]() -> std::string {
     const Operand<T> m(rows, cols, layout);
@@ -538,7 +579,7 @@ void check_column_sums(int64_t rows, int64_t cols, Layout layout) {
     for (int64_t j = 0; j < cols; ++j) {
       double sum = 0, magnitude = 0;
       for (int64_t i = 0; i < rows; ++i) sum += m.at(i, j), magnitude += std::fabs(m.at(i, j));
-      if (!close<T>(out.data()[j], sum, magnitude, rows)) return "column " + std::to_string(j) + " wrong";
+      if (!close<T>(as_double(out.data()[j]), sum, magnitude, rows)) return "column " + std::to_string(j) + " wrong";
     }
     return "";
   });
@@ -704,6 +745,25 @@ void kernels_for() {
   for (const auto& s : shapes) {
     check_gemm<T>(s[0], s[1], s[2], Layout::RowMajor, Layout::ColumnMajor, Activation::None, false);
   }
+  // The default path (warptiled SIMT) over the same edges, forced split-K, and the epilogues.
+  const int64_t warptile_shapes[][3] = {{1, 1, 1}, {130, 70, 33}, {3, 200, 1}, {7, 9, 0}, {0, 5, 5}, {9, 0, 4}};
+  for (const auto& s : warptile_shapes) {
+    check_gemm<T>(s[0], s[1], s[2], Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, GemmKernel::Auto);
+  }
+  check_gemm<T>(70, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, GemmKernel::Auto);
+  check_gemm<T>(70, 66, 40, Layout::Broadcast, Layout::Padded, Activation::None, false, GemmKernel::Auto);
+  check_gemm<T>(67, 71, 35, Layout::RowMajor, Layout::ColumnMajor, Activation::GELU, false, GemmKernel::Auto, 3);
+  check_gemm<T>(20, 30, 100, Layout::RowMajor, Layout::RowMajor, Activation::Tanh, true, GemmKernel::Auto, 2);
+  if constexpr (std::is_same_v<T, float>) {
+    // TF32 on the tensor cores: every operand layout the kernel reads in place, packing, split-K.
+    check_gemm<T>(70, 66, 40, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(70, 66, 40, Layout::RowMajor, Layout::RowMajor, Activation::GELU, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(72, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(70, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(33, 20, 37, Layout::Padded, Layout::Broadcast, Activation::Tanh, true, GemmKernel::TensorCore, 2, true);
+    check_gemm<T>(40, 136, 32, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, GemmKernel::Auto, 0, true);
+    check_gemm<T>(40, 136, 32, Layout::RowMajor, Layout::RowMajor, Activation::ReLU, false, GemmKernel::Auto, 0, true);
+  }
   check_gemm<T>(70, 66, 40, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false);
   check_gemm<T>(70, 66, 40, Layout::Padded, Layout::Padded, Activation::None, false);
   check_gemm<T>(70, 66, 40, Layout::Broadcast, Layout::RowMajor, Activation::None, false);
@@ -720,6 +780,73 @@ void kernels_for() {
 
 }  // namespace
 
+// The kernels' float -> bfloat16 / float16 rounding (gemm_numeric.h) against independent
+// references: bfloat16 by picking the nearer of the two neighbours in double (ties to the even
+// one), float16 by the host compiler's _Float16 conversion where it has one; float32 inputs
+// stepped through every exponent (normals, subnormals, overflow, infinities, NaN), and back.
+void check_conversions() {
+  run_case("bfloat16 / float16 rounding of float32 (nearest even, overflow, subnormals, NaN)", []() -> std::string {
+    for (uint64_t step = 0; step < (uint64_t(1) << 32); step += 997) {
+      const uint32_t u = static_cast<uint32_t>(step);
+      float f;
+      std::memcpy(&f, &u, 4);
+      const bfloat16 b = from_accumulator<bfloat16>(f);
+      if (std::isnan(f)) {
+        if (!std::isnan(static_cast<float>(b))) return "bfloat16 of a NaN is not a NaN";
+      } else {
+        const uint16_t low = static_cast<uint16_t>(u >> 16), high = static_cast<uint16_t>(low + 1);
+        // Past the largest finite value the grid's next point is 2^128 (rounded to infinity).
+        const bool overflows = (high & 0x7fffu) == 0x7f80u;
+        const double below = static_cast<float>(bfloat16{low});
+        const double above = overflows ? std::copysign(std::ldexp(1.0, 128), f) : static_cast<float>(bfloat16{high});
+        const double d_below = std::fabs(static_cast<double>(f) - below), d_above = std::fabs(above - static_cast<double>(f));
+        const uint16_t expected = (u & 0xffffu) == 0 ? low
+                                  : d_below < d_above ? low
+                                  : d_above < d_below ? high
+                                  : (low & 1u) ? high : low;
+        if (b.bits != expected) return "bfloat16 of bits " + std::to_string(u) + " wrong";
+      }
+#if defined(__FLT16_MAX__)
+      const float16 h = from_accumulator<float16>(f);
+      const _Float16 reference = static_cast<_Float16>(f);
+      uint16_t reference_bits;
+      std::memcpy(&reference_bits, &reference, 2);
+      if (std::isnan(f) ? !std::isnan(static_cast<float>(h)) : h.bits != reference_bits) {
+        return "float16 of bits " + std::to_string(u) + " wrong";
+      }
+      if (!std::isnan(f) && static_cast<float>(h) != static_cast<float>(reference)) return "float16 -> float wrong";
+#endif
+    }
+    return "";
+  });
+}
+
+// bfloat16 / float16 on the tensor cores: the three products' layouts (x @ W^T: A row-major,
+// B column-major; dy @ W: both row-major; dy^T @ x: A column-major, B row-major), views that
+// are packed first (padded rows, stride 0, K not a multiple of 8), edges, split-K, epilogues.
+template <typename T>
+void tensor_core_kernels_for() {
+  const GemmKernel tc = GemmKernel::Auto;
+  check_gemm<T>(130, 136, 40, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, tc);
+  check_gemm<T>(70, 66, 48, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc);
+  // A transposed with M a multiple of 8 (and > kThinM): read in place through ldmatrix.trans.
+  check_gemm<T>(72, 66, 48, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, tc);
+  check_gemm<T>(70, 66, 48, Layout::ColumnMajor, Layout::RowMajor, Activation::None, false, tc);  // packed
+  check_gemm<T>(70, 66, 48, Layout::RowMajor, Layout::ColumnMajor, Activation::GELU, false, tc);
+  check_gemm<T>(67, 71, 35, Layout::Padded, Layout::Broadcast, Activation::Tanh, true, tc);
+  check_gemm<T>(40, 24, 16, Layout::ColumnMajor, Layout::ColumnMajor, Activation::None, false, tc);
+  check_gemm<T>(64, 136, 48, Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, tc);  // thin tile, in place
+  check_gemm<T>(64, 136, 48, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc);
+  check_gemm<T>(65, 136, 48, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc);  // just past thin
+  const int64_t edges[][3] = {{1, 1, 1}, {3, 200, 1}, {7, 9, 0}, {0, 5, 5}, {9, 0, 4}, {17, 9, 200}};
+  for (const auto& s : edges) {
+    check_gemm<T>(s[0], s[1], s[2], Layout::RowMajor, Layout::ColumnMajor, Activation::None, false, tc);
+  }
+  check_gemm<T>(20, 30, 100, Layout::RowMajor, Layout::RowMajor, Activation::None, false, tc, 3);
+  check_gemm<T>(20, 30, 96, Layout::ColumnMajor, Layout::RowMajor, Activation::SiLU, false, tc, 2);
+  for (const int64_t rows : {1, 300}) check_column_sums<T>(rows, 45, Layout::RowMajor);
+}
+
 int main(int argc, char** argv) {
   const std::string what = argc > 1 ? argv[1] : "";
   if (what == "selftest") {
@@ -727,6 +854,9 @@ int main(int argc, char** argv) {
   } else if (what == "kernels") {
     kernels_for<float>();
     kernels_for<double>();
+    check_conversions();
+    tensor_core_kernels_for<bfloat16>();
+    tensor_core_kernels_for<float16>();
   } else {
     std::fprintf(stderr, "usage: %s selftest|kernels\n", argv[0]);
     return 2;

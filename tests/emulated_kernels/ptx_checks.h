@@ -1,4 +1,4 @@
-// Checks of the PTX wrappers of csrc/cuda/ptx.h (mma.sync, ldmatrix, cp.async), written once
+// Checks of the PTX wrappers of csrc/cuda/ptx.h (mma.sync, ldmatrix, cp.async, cvt.rna.tf32), written once
 // for two runs: on the emulator (check_kernels.cpp's self-test) and on a real GPU
 // (ptx_golden.cu, built by scripts/gpu_check.sh with nvcc and with g++, whose raw outputs
 // must agree byte for byte). Each check builds fragments by the PTX ISA's layout formulas,
@@ -135,6 +135,11 @@ __global__ void cp_async_kernel(const float* src, float* snapshots) {
   for (int i = t; i < 128; i += 16) snapshots[256 + i] = buffer[i];
 }
 
+// cvt.rna.tf32.f32 of each input, as raw bits.
+__global__ void tf32_kernel(const float* in, uint32_t* out, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = cuda::ptx::float_to_tf32(in[i]);
+}
+
 struct CheckResult {
   std::string name;
   std::string problem;            // empty: as documented
@@ -236,6 +241,29 @@ CheckResult check_cp_async(Device& device, const char* name) {
   return result;
 }
 
+// Rounding to TF32: ties (the 13 dropped bits exactly 0x1000) go away from zero, either sign,
+// a carry into the exponent, rounding up to infinity, infinities, zeros, subnormals.
+template <typename Device>
+CheckResult check_tf32(Device& device, const char* name) {
+  const uint32_t patterns[] = {0x3f800000u, 0x3f801000u, 0x3f800fffu, 0x3f801001u, 0xbf801000u, 0x3f803000u,
+                               0x3fffffffu, 0x3ffff000u, 0x7f7ff000u, 0xff7fffffu, 0x7f800000u, 0xff800000u,
+                               0x00000000u, 0x80000000u, 0x00001000u, 0x00000fffu, 0x00401000u, 0x4049ffffu};
+  const int n = static_cast<int>(sizeof(patterns) / sizeof(patterns[0]));
+  std::vector<float> in(n);
+  for (int i = 0; i < n; ++i) std::memcpy(&in[i], &patterns[i], 4);
+  uint32_t* out_d = device.template allocate<uint32_t>(n);
+  device.template run<tf32_kernel>(dim3(1), dim3(32), device.upload(in), out_d, n);
+  const std::vector<uint32_t> out = device.download(out_d, n);
+  CheckResult result{name, "", raw_bytes(out)};
+  for (int i = 0; i < n && result.problem.empty(); ++i) {
+    const uint32_t u = patterns[i];
+    const bool special = (u & 0x7f800000u) == 0x7f800000u;
+    const uint32_t expected = special ? u & 0xffffe000u : (u + 0x1000u) & 0xffffe000u;
+    if (out[i] != expected) result.problem = "input " + std::to_string(i) + " rounded wrong";
+  }
+  return result;
+}
+
 template <typename Device>
 std::vector<CheckResult> run_ptx_checks(Device& device) {
   return {check_mma<MmaKind::BF16>(device, "mma.sync m16n8k16 bf16"),
@@ -248,7 +276,8 @@ std::vector<CheckResult> run_ptx_checks(Device& device) {
           check_ldmatrix<2, true>(device, "ldmatrix x2.trans"),
           check_ldmatrix<4, true>(device, "ldmatrix x4.trans"),
           check_ldmatrix_feeds_mma(device, "ldmatrix feeds mma (A row-major, B = W^T)"),
-          check_cp_async(device, "cp.async lands at wait_group / wait_all, zero-fill")};
+          check_cp_async(device, "cp.async lands at wait_group / wait_all, zero-fill"),
+          check_tf32(device, "cvt.rna.tf32.f32 (ties away from zero, carries, infinities)")};
 }
 
 #if !defined(__CUDACC__)

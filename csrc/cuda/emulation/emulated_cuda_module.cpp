@@ -9,6 +9,7 @@
 
 #include "cuda/cuda_backend.h"
 #include "cuda/emulation/emulator.h"
+#include "cuda/gemm_select.h"
 #include "ops/op_layer.h"
 #include "ops/op_list.h"
 
@@ -29,8 +30,11 @@ void set_fiber_order(const std::string& order, uint64_t seed) {
     emulation::set_fiber_order(emulation::FiberOrder::Reverse, seed);
   } else if (order == "shuffle") {
     emulation::set_fiber_order(emulation::FiberOrder::Shuffle, seed);
+  } else if (order == "warp_run_ahead") {
+    emulation::set_fiber_order(emulation::FiberOrder::WarpRunAhead, seed);
   } else {
-    throw pybind11::value_error("set_fiber_order: expected 'forward', 'reverse' or 'shuffle', got '" + order + "'");
+    throw pybind11::value_error("set_fiber_order: expected 'forward', 'reverse', 'shuffle' or 'warp_run_ahead', got '" +
+                                order + "'");
   }
 }
 
@@ -39,6 +43,7 @@ std::string fiber_order() {
     case emulation::FiberOrder::Forward: return "forward";
     case emulation::FiberOrder::Reverse: return "reverse";
     case emulation::FiberOrder::Shuffle: return "shuffle";
+    case emulation::FiberOrder::WarpRunAhead: return "warp_run_ahead";
   }
   return "?";
 }
@@ -69,5 +74,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_worker_threads", &emulation::set_worker_threads, pybind11::arg("threads"));
   m.def("worker_threads", &emulation::worker_threads);
   m.def("statistics", &statistics);
+  m.def(
+      "set_gemm_kernel",
+      [](const std::string& name) { pylibnn::cuda::set_gemm_kernel_override(pylibnn::cuda::gemm_kernel_from_name(name)); },
+      pybind11::arg("name"), "Forces the CUDA GEMM kernel (gemm_select.h): auto, simt_basic, simt_warptile, tensor_core");
+  m.def("gemm_kernel", [] { return std::string(pylibnn::cuda::gemm_kernel_name(pylibnn::cuda::gemm_kernel_override())); });
+  m.def("set_split_k", &pylibnn::cuda::set_split_k_override, pybind11::arg("splits"),
+        "Forces split-K: 0 for the rule, S >= 1 slices");
+  m.def("split_k", &pylibnn::cuda::split_k_override);
+  m.def(
+      "gemm_plan",
+      [](const std::string& dtype, int64_t M, int64_t N, int64_t K, bool allow_tf32) {
+        namespace c = pylibnn::cuda;
+        const c::ElementKind kind = dtype == "bfloat16" ? c::ElementKind::BFloat16
+                                    : dtype == "float16" ? c::ElementKind::Float16
+                                    : dtype == "float32" ? c::ElementKind::Float32
+                                    : dtype == "float64" ? c::ElementKind::Float64
+                                    : throw pybind11::value_error("gemm_plan: dtype bfloat16, float16, float32 or float64");
+        const c::GemmPlan plan = c::plan_gemm(kind, M, N, K, allow_tf32, false);
+        pybind11::dict d;
+        d["kernel"] = c::gemm_kernel_name(plan.kernel);
+        d["tile"] = pybind11::make_tuple(plan.tile.bm, plan.tile.bn, plan.tile.bk);
+        d["splits"] = plan.splits;
+        d["k_slice"] = plan.k_slice;
+        return d;
+      },
+      pybind11::arg("dtype"), pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"),
+      pybind11::arg("allow_tf32") = false, "The kernel, tile and split-K plan_gemm chooses (gemm_select.h)");
   m.def("reset_statistics", &emulation::reset_statistics);
 }

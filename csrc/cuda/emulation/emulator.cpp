@@ -678,16 +678,36 @@ void run_block(Worker& w, LaunchState& launch, uint64_t block_linear) {
   order.resize(n);
   uint64_t round = 0;
   for (;;) {
-    make_order(order, launch.order, launch.seed, block_linear, round++);
     bool ran = false;
-    for (const int i : order) {
-      Fiber& f = w.fibers[i];
-      if (f.state != State::Ready) continue;
-      resume(w, f);
-      ran = true;
-      if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
-        w.stacks_abandoned = true;  // this block's fibers stop where they are
-        return;
+    if (launch.order == FiberOrder::WarpRunAhead) {
+      for (size_t first = 0; first < n; first += kWarpSize) {
+        const size_t end = std::min(n, first + kWarpSize);
+        for (bool progressed = true; progressed;) {  // this warp until none of its lanes can run
+          progressed = false;
+          for (size_t i = first; i < end; ++i) {
+            Fiber& f = w.fibers[i];
+            if (f.state != State::Ready) continue;
+            resume(w, f);
+            ran = progressed = true;
+            if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
+              w.stacks_abandoned = true;
+              return;
+            }
+          }
+        }
+      }
+      ++round;
+    } else {
+      make_order(order, launch.order, launch.seed, block_linear, round++);
+      for (const int i : order) {
+        Fiber& f = w.fibers[i];
+        if (f.state != State::Ready) continue;
+        resume(w, f);
+        ran = true;
+        if (w.block_failed || launch.failed.load(std::memory_order_relaxed)) {
+          w.stacks_abandoned = true;  // this block's fibers stop where they are
+          return;
+        }
       }
     }
     if (ran) continue;
@@ -1117,6 +1137,17 @@ void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, co
     for (int k = 0; k < K; ++k) sum += A[rows[r]][k] * B[k][cols[r]];
     d[r] = sum;
   }
+}
+
+uint32_t float_to_tf32(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) {  // infinity stays; a NaN keeps a mantissa bit
+    return (u & 0xffffe000u) | ((u & 0x007fffffu) != 0 ? 0x00400000u : 0u);
+  }
+  // Sign-magnitude: adding half of the kept ulp to the magnitude rounds ties away from zero
+  // (a carry into the exponent is the correct rounding up, to infinity at the top).
+  return (u + 0x1000u) & 0xffffe000u;
 }
 
 void ldmatrix(int matrices, bool transpose, uint32_t* registers, const void* row_address, const char* file,

@@ -8,7 +8,7 @@
 //     thread). A block's CUDA threads are user-space fibers with their own stacks, switched
 //     cooperatively: a fiber runs until __syncthreads(), a warp collective or its end.
 //   * The order in which a block's runnable fibers are resumed is selectable (forward,
-//     reverse, or shuffled with a seed). A race-free kernel gives the same bits in every
+//     reverse, shuffled with a seed, or warp by warp as far as each can run). A race-free kernel gives the same bits in every
 //     order; tests run two orders and compare.
 //   * Barriers are checked: threads waiting at different __syncthreads() call sites, a
 //     barrier reached after some threads exited, and a deadlock (a warp collective that
@@ -44,7 +44,13 @@ class EmulationError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class FiberOrder : int { Forward = 0, Reverse = 1, Shuffle = 2 };
+// WarpRunAhead: warp by warp, each warp's lanes resumed until none of them can run (they all
+// wait at a barrier or have exited) before the next warp starts. The other orders advance the
+// warps in near lockstep when their kernels use warp collectives (each collective waits for
+// its lanes, so no warp gets a whole phase ahead); this one lets a warp get as far ahead as a
+// missing __syncthreads allows, so a warp reads shared memory other warps have not written
+// yet, or overwrites what they still read.
+enum class FiberOrder : int { Forward = 0, Reverse = 1, Shuffle = 2, WarpRunAhead = 3 };
 
 // Process-wide settings; they apply to the launches that start after the call.
 void set_fiber_order(FiberOrder order, uint64_t seed = 0);
@@ -131,6 +137,9 @@ enum class MmaInput : int { BF16, F16, TF32 };
 // order onto C (tf32 inputs keep their top 19 bits).
 void mma_sync(MmaInput input, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
               int line);
+// cvt.rna.tf32.f32: the float's bits rounded to 10 mantissa bits (to nearest, ties away from
+// zero, the low 13 bits cleared); infinities and NaNs keep their class.
+uint32_t float_to_tf32(float f);
 // ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: lanes 8i .. 8i+7 give the row
 // addresses (16-byte aligned, in shared memory) of matrix i; each lane receives one 32-bit
 // register per matrix.
