@@ -40,8 +40,8 @@ __device__ __forceinline__ void store_output(const GemmOutput<T>& o, int64_t row
   if (o.derivative_z != nullptr) {
     const int64_t at = row * o.ld_derivative + col;
     const Acc z = to_accumulator(o.derivative_z[at]);
-    v = o.derivative_y != nullptr ? activation_gradient(o.activation, v, z, to_accumulator(o.derivative_y[at]))
-                                  : activation_gradient(o.activation, v, z);
+    const Acc y = o.derivative_y != nullptr ? to_accumulator(o.derivative_y[at]) : Acc(0);
+    v = activation_gradient(o.activation, v, z, o.derivative_y != nullptr ? &y : nullptr);
   } else {
     if (o.preactivation != nullptr) o.preactivation[row * o.ld_preactivation + col] = from_accumulator<T>(v);
     v = apply_activation(o.activation, v);
