@@ -298,7 +298,8 @@ def nested():
         return torch.nested.nested_tensor([torch.zeros(2, 4), torch.zeros(3, 4)])
 
 
-NS, RE, VE = NotImplementedError, RuntimeError, ValueError
+# Short names for the expected exception types of the error tables below.
+NS, RE, VE = NotImplementedError, RuntimeError, ValueError  # "not supported", F.linear's own, bad activation
 
 
 def _kind_errors(op, call):

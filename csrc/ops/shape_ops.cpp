@@ -8,11 +8,12 @@
 //                       CUDA kernels; without these registrations the caller would get the
 //                       dispatcher's "Could not run 'pylibnn::...' with arguments from the
 //                       'SparseCPU' backend", which names neither the argument nor what is
-//                       expected. The shared checks raise their NotImplementedError ("... is
-//                       not supported") first.
-// Why fake kernels through C++ rather than a C++ Meta kernel alone: FakeTensorMode turns a
-// NotImplementedError from a Meta kernel of a custom op into UnsupportedOperatorException,
-// dropping its message, while a registered fake kernel's exceptions reach the caller as raised.
+//                       expected. The shared checks reject them first, with a
+//                       NotImplementedError that names the op and the argument.
+// Why fake kernels through C++ rather than a C++ Meta kernel alone: under FakeTensorMode, a
+// custom op's Meta kernel that raises NotImplementedError surfaces as
+// UnsupportedOperatorException without the message; a registered fake kernel's exceptions
+// reach the caller as raised.
 #include <string>
 #include <vector>
 
