@@ -122,8 +122,12 @@ ISA_FLAGS = {
     "portable": [],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    # the native bfloat16 kernels: vdpbf16ps, and AMX tiles (the compiler emits AMX only for
+    # its intrinsics, so the rest of the file runs on any AVX512-BF16 CPU)
+    "avx512bf16": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx512bf16", "-mavx2", "-mfma",
+                   "-mamx-tile", "-mamx-bf16"],
 }
-X86_ISAS = {"avx2", "avx512"}
+X86_ISAS = {"avx2", "avx512", "avx512bf16"}
 
 
 def relative(path):

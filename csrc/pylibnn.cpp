@@ -29,6 +29,8 @@ pybind11::dict build_info() {
   cpu["compiled"] = pylibnn::cpu::compiled_isas();
   cpu["supported"] = pylibnn::cpu::supported_isas();
   cpu["selected"] = pylibnn::cpu::selected_isa();
+  cpu["bf16_supported"] = pylibnn::cpu::supported_bf16_kernels();
+  cpu["bf16_selected"] = pylibnn::cpu::selected_bf16_kernel_name();
   info["cpu_isa"] = cpu;
   pylibnn::cpu::add_cpu_engine_info(info);
   // The CUDA GEMM selection (cuda/gemm_select.h): the kernel and split-K overrides in force
@@ -53,6 +55,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &pylibnn::cpu::select_isa, pybind11::arg("name"),
         "Forces the CPU GEMM path: 'auto' (best supported), 'avx512', 'avx2', 'portable' or 'reference'");
   m.def("get_cpu_isa", &pylibnn::cpu::selected_isa, "The CPU GEMM path now in use");
+  m.def("set_cpu_bf16_kernel", &pylibnn::cpu::select_bf16_kernel, pybind11::arg("name"),
+        "Forces the CPU's bfloat16 GEMM kernel: 'auto' (best supported), 'amx', 'avx512bf16' or 'widened' "
+        "(used while the 'avx512' path is selected)");
+  m.def("get_cpu_bf16_kernel", &pylibnn::cpu::selected_bf16_kernel_name, "The CPU bfloat16 GEMM kernel now chosen");
   m.def(
       "set_cuda_gemm_kernel",
       [](const std::string& name) { pylibnn::cuda::set_gemm_kernel_override(pylibnn::cuda::gemm_kernel_from_name(name)); },

@@ -114,7 +114,8 @@ def build_info():
 
     Returns a dict: ``cuda`` (CUDA kernels compiled in), ``cuda_arch_list``, ``torch``
     (the version built against), ``cpu_isa`` (``compiled``, ``supported`` and ``selected``
-    CPU micro-kernel sets), ``cuda_gemm`` (the CUDA GEMM ``kernel`` and ``split_k``
+    CPU micro-kernel sets; ``bf16_supported`` and ``bf16_selected``, the bfloat16 kernels),
+    ``cuda_gemm`` (the CUDA GEMM ``kernel`` and ``split_k``
     overrides in force, the ``kernels`` and the selection ``rule``), and ``cuda_available``
     (a GPU is visible now).
     """
@@ -130,6 +131,18 @@ def set_cpu_isa(name):
 
 def get_cpu_isa():
     return _C.get_cpu_isa()
+
+
+def set_cpu_bf16_kernel(name):
+    """Forces the CPU's bfloat16 GEMM kernel ('auto', 'amx', 'avx512bf16', 'widened'), for
+    tests and benchmarks. It applies while the 'avx512' path is selected; other paths widen
+    bfloat16 to float32 inside their packing. The environment variable PYLIBNN_CPU_BF16 sets
+    it at start-up."""
+    _C.set_cpu_bf16_kernel(name)
+
+
+def get_cpu_bf16_kernel():
+    return _C.get_cpu_bf16_kernel()
 
 
 def set_cuda_gemm_kernel(name):

@@ -3,6 +3,13 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
+
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <c10/util/Exception.h>
 
@@ -74,7 +81,97 @@ std::atomic<const IsaEntry*>& current() {
   return entry;
 }
 
+// ---------------------------------------------------------------- native bfloat16 kernels
+
+// AVX512-BF16: CPUID leaf 7 subleaf 1, EAX bit 5 (with AVX512-BW for the packing).
+bool cpu_has_avx512_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return ((eax >> 5) & 1) && __builtin_cpu_supports("avx512bw");
+}
+
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's permission for this
+// process to use the tile data state: without arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)
+// the first tile instruction raises SIGILL. The permission is process-wide.
+bool amx_usable() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!((edx >> 24) & 1) || !((edx >> 22) & 1)) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+struct Bf16Entry {
+  const char* name;
+  const Bf16Kernel* kernel;  // nullptr for "widened"
+  bool supported;
+};
+
+// Best first.
+const std::vector<Bf16Entry>& bf16_table() {
+  static const std::vector<Bf16Entry> table = [] {
+    std::vector<Bf16Entry> entries;
+#if defined(PYLIBNN_HAVE_AVX512BF16) && defined(PYLIBNN_HAVE_AVX512)
+    static const Bf16Kernel amx = bf16_kernel_amx();
+    static const Bf16Kernel dpbf16 = bf16_kernel_avx512bf16();
+    bool avx512 = false;
+    for (const IsaEntry& isa : isa_table()) avx512 = avx512 || (std::strcmp(isa.name, "avx512") == 0 && isa.supported);
+    const bool bf16 = avx512 && cpu_has_avx512_bf16();
+    entries.push_back({"amx", &amx, bf16 && amx_usable()});
+    entries.push_back({"avx512bf16", &dpbf16, bf16});
+#endif
+    entries.push_back({"widened", nullptr, true});
+    return entries;
+  }();
+  return table;
+}
+
+const Bf16Entry* find_bf16(const std::string& name) {
+  if (name == "auto") {
+    for (const Bf16Entry& entry : bf16_table())
+      if (entry.supported) return &entry;
+  }
+  for (const Bf16Entry& entry : bf16_table())
+    if (name == entry.name) {
+      TORCH_CHECK(entry.supported, "pylibnn.set_cpu_bf16_kernel: '", name,
+                  "' is compiled in but this CPU (or OS) does not support it; supported: ",
+                  c10::Join(", ", supported_bf16_kernels()));
+      return &entry;
+    }
+  TORCH_CHECK(false, "pylibnn.set_cpu_bf16_kernel: unknown bfloat16 kernel '", name,
+              "'; expected 'auto' or one of: ", c10::Join(", ", supported_bf16_kernels()));
+}
+
+std::atomic<const Bf16Entry*>& current_bf16() {
+  static std::atomic<const Bf16Entry*> entry{[] {
+    const char* forced = std::getenv("PYLIBNN_CPU_BF16");
+    return find_bf16((forced && *forced) ? forced : "auto");
+  }()};
+  return entry;
+}
+
 }  // namespace
+
+std::vector<std::string> supported_bf16_kernels() {
+  std::vector<std::string> names;
+  for (const Bf16Entry& entry : bf16_table())
+    if (entry.supported) names.emplace_back(entry.name);
+  return names;
+}
+
+std::string selected_bf16_kernel_name() { return current_bf16().load()->name; }
+
+void select_bf16_kernel(const std::string& name) { current_bf16().store(find_bf16(name)); }
+
+const Bf16Kernel* selected_bf16_kernel() {
+  if (std::strcmp(current().load()->name, "avx512") != 0) return nullptr;
+  return current_bf16().load()->kernel;
+}
 
 std::vector<std::string> compiled_isas() {
   std::vector<std::string> names;

@@ -35,6 +35,18 @@ void select_isa(const std::string& name);
 // The micro-kernels of the selected path; nullptr when "reference" is selected.
 const MicroKernelSet* selected_microkernels();
 
+// The native bfloat16 kernel of gemm_widened (gemm_microkernels.h, Bf16Kernel): "amx",
+// "avx512bf16" (vdpbf16ps) or "widened" (the float32 micro-kernels on operands widened while
+// packed). Chosen at load time as the best this CPU and OS support, overridable by the
+// PYLIBNN_CPU_BF16 environment variable or pylibnn._C.set_cpu_bf16_kernel(). It runs only while
+// the "avx512" path is selected, so forcing another path gives that path's machine.
+std::vector<std::string> supported_bf16_kernels();  // best first; always ends with "widened"
+std::string selected_bf16_kernel_name();
+// Accepts "auto" or one of supported_bf16_kernels(); raises a clear error otherwise.
+void select_bf16_kernel(const std::string& name);
+// The kernel in use now; nullptr when bfloat16 is widened.
+const Bf16Kernel* selected_bf16_kernel();
+
 // The kernels of the fused ops (panel GEMMs, activations): the selected set, or the
 // portable one when "reference" is selected.
 const MicroKernelSet& fused_microkernels();

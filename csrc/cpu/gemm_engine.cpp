@@ -65,7 +65,7 @@
 namespace pylibnn::cpu {
 namespace {
 
-constexpr int64_t kMaxTileElements = 512;  // largest MR x NR of any micro-kernel set
+constexpr int64_t kMaxTileElements = 1024;  // largest MR x NR of any micro-kernel (AMX: 32 x 32)
 constexpr int64_t kCacheLine = 64;
 
 // M * N * K, saturated: with stride-0 operands the sizes are not bounded by memory, and a
@@ -491,7 +491,11 @@ void gemm(const GemmArgs<T>& args) {
 //
 // gemm_widened: bfloat16 / float16 operands, float32 arithmetic, one rounding of each result.
 // The blocked strategy above with three differences:
-//   - the pack kernels widen while they pack (PackWidenFn): no float32 copy of an operand;
+//   - bfloat16 runs on the native kernel selected for this CPU (cpu_isa.h, Bf16Kernel: AMX
+//     tiles or vdpbf16ps on panels packed in k-groups, converted by vector instructions);
+//     float16, and bfloat16 where the CPU has neither, run the float32 micro-kernel on
+//     operands the pack kernels widen while they pack (PackWidenFn): no float32 copy of an
+//     operand either way;
 //   - kc covers all of K, so each tile of C is complete when the micro-kernel stores it into
 //     a float32 tile buffer: bias, preactivation and activation are applied in float32 there
 //     and the tile is rounded once into C (a pc loop would have to keep C in float32);
@@ -530,26 +534,82 @@ PackWidenFn widening_pack(const MicroKernelSet& set) {
   return std::is_same_v<In, c10::BFloat16> ? set.pack_bf16_f32 : set.pack_f16_f32;
 }
 
+// The packing and tile product of the reduced-precision blocked path, two ways:
+//   WideningPanels  float32 panels (PackFn's layout) widened while packed, the ISA's float32
+//                   micro-kernel, results rounded element by element (bfloat16 and float16)
+//   NativeBf16Panels  bfloat16 panels grouped along k (Bf16Kernel: vdpbf16ps or AMX), the
+//                   results rounded by the kernel's vector conversion
+// Both fill an MR x NR float32 tile (bias included) from panels of packed_depth(K) steps.
 template <typename In>
-void pack_widened_panel(PackWidenFn pack, const In* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
-                        int64_t depth, int64_t width, float* out) {
-  pack(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth, width, out);
-}
+struct WideningPanels {
+  using Packed = float;
+  const MicroKernel<float>& kernel;
+  PackWidenFn pack;
+  int64_t mr() const { return kernel.mr; }
+  int64_t nr() const { return kernel.nr; }
+  int64_t packed_depth(int64_t K) const { return K; }
+  void pack_a(const In* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth, Packed* out) const {
+    pack(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth, kernel.mr, out);
+  }
+  void pack_b(const In* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth, Packed* out) const {
+    pack(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth, kernel.nr, out);
+  }
+  void multiply(int64_t depth, const Packed* a, const Packed* b, float* tile, const float* bias) const {
+    kernel.run(depth, a, b, kernel.nr, tile, kernel.nr, false, bias);
+  }
+  // A(i, p) of a packed A panel, for the row sums
+  float a_value(const Packed* panel, int64_t p, int64_t i) const { return panel[p * kernel.mr + i]; }
+  void round(const float* tile, In* dst, int64_t ld, int64_t rows, int64_t cols) const {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t q = 0; q < cols; ++q) dst[r * ld + q] = In(tile[r * kernel.nr + q]);
+  }
+};
 
-template <typename In>
-void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, const CpuProfile& profile) {
+struct NativeBf16Panels {
+  using Packed = uint16_t;
+  const Bf16Kernel& kernel;
+  int64_t mr() const { return kernel.mr; }
+  int64_t nr() const { return kernel.nr; }
+  int64_t packed_depth(int64_t K) const { return round_up(K, kernel.depth_step); }
+  void pack_a(const c10::BFloat16* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+              Packed* out) const {
+    kernel.pack_a(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth,
+                  packed_depth(depth), kernel.mr, out);
+  }
+  void pack_b(const c10::BFloat16* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+              Packed* out) const {
+    kernel.pack_b(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth,
+                  packed_depth(depth), kernel.nr, out);
+  }
+  void multiply(int64_t depth, const Packed* a, const Packed* b, float* tile, const float* bias) const {
+    kernel.run(depth, a, b, tile, bias);
+  }
+  // A panels are grouped by depth_step (gemm_microkernels.h)
+  float a_value(const Packed* panel, int64_t p, int64_t i) const {
+    const int64_t g = kernel.depth_step;
+    return static_cast<float>(c10::BFloat16(panel[(p / g) * kernel.mr * g + i * g + p % g], c10::BFloat16::from_bits()));
+  }
+  void round(const float* tile, c10::BFloat16* dst, int64_t ld, int64_t rows, int64_t cols) const {
+    kernel.round_to_bf16(tile, kernel.nr, reinterpret_cast<uint16_t*>(dst), ld, rows, cols);
+  }
+};
+
+template <typename In, typename Panels>
+void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const MicroKernelSet& set,
+                          const CpuProfile& profile) {
+  using Packed = typename Panels::Packed;
   const MatrixView<In>& a = args.a;
   const MatrixView<In>& b = args.b;
-  const MicroKernel<float>& kernel = set.f32;
-  const PackWidenFn pack = widening_pack<In>(set);
   const int64_t M = a.rows, K = a.cols, N = b.cols;
-  const int64_t mr = kernel.mr, nr = kernel.nr;
+  const int64_t mr = panels.mr(), nr = panels.nr();
+  const int64_t depth = panels.packed_depth(K);
   TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
-  const Blocking blk = blocking_for(kernel, profile);
+  const Blocking blk = blocking_for(set.f32, profile);
   // kc = K; the A block (mc x K) and the B block (K x nc) keep the bytes of the profile's
-  // mc x kc and kc x nc.
-  const int64_t mc = std::max<int64_t>(1, blk.mc * blk.kc / std::max<int64_t>(K, 1) / mr) * mr;
-  const int64_t nc = std::max<int64_t>(1, blk.nc * blk.kc / std::max<int64_t>(K, 1) / nr) * nr;
+  // float32 mc x kc and kc x nc.
+  const int64_t scale = static_cast<int64_t>(sizeof(float) / sizeof(Packed));
+  const int64_t mc = std::max<int64_t>(1, scale * blk.mc * blk.kc / std::max<int64_t>(depth, 1) / mr) * mr;
+  const int64_t nc = std::max<int64_t>(1, scale * blk.nc * blk.kc / std::max<int64_t>(depth, 1) / nr) * nr;
 
   // bias in float32, padded to whole tiles
   float* bias = nullptr;
@@ -562,12 +622,12 @@ void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, c
 
   const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
   const int64_t threads = parallel ? at::get_num_threads() : 1;
-  const int64_t panels = ceil_div(M, mr);
+  const int64_t a_panels = ceil_div(M, mr);
   int64_t m_blocks = ceil_div(M, mc);
   if (m_blocks > 1) m_blocks = round_up(m_blocks, threads);
-  m_blocks = std::clamp<int64_t>(m_blocks, 1, panels);
-  const int64_t max_block_rows = ceil_div(panels, m_blocks) * mr;
-  float* packed_b = scratch_for<float>(ScratchSlot::PackedB, K * round_up(std::min(N, nc), nr));
+  m_blocks = std::clamp<int64_t>(m_blocks, 1, a_panels);
+  const int64_t max_block_rows = ceil_div(a_panels, m_blocks) * mr;
+  Packed* packed_b = scratch_for<Packed>(ScratchSlot::PackedB, depth * round_up(std::min(N, nc), nr));
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
 
   for (int64_t jc = 0; jc < N; jc += nc) {
@@ -576,8 +636,7 @@ void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, c
     at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
       for (int64_t jp = begin; jp < end; ++jp) {
         const int64_t j0 = jc + jp * nr;
-        pack_widened_panel(pack, &b(0, j0), b.col_stride, b.row_stride, std::min(nr, N - j0), K, nr,
-                           packed_b + jp * nr * K);
+        panels.pack_b(&b(0, j0), b.col_stride, b.row_stride, std::min(nr, N - j0), K, packed_b + jp * nr * depth);
       }
     });
     int64_t n_chunks = std::clamp<int64_t>(threads / std::gcd(m_blocks, threads), 1, n_panels);
@@ -586,17 +645,17 @@ void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, c
     run_tasks(m_blocks * n_chunks, parallel, [&](int64_t task) {
       alignas(kCacheLine) float tile[kMaxTileElements];
       const int64_t block = task / n_chunks, chunk = task % n_chunks;
-      const int64_t p0 = block * panels / m_blocks, p1 = (block + 1) * panels / m_blocks;
+      const int64_t p0 = block * a_panels / m_blocks, p1 = (block + 1) * a_panels / m_blocks;
       const int64_t ic = p0 * mr, rows_in_block = std::min(M, p1 * mr) - ic;
-      float* packed_a = scratch_for<float>(ScratchSlot::PackedA, max_block_rows * K);
+      Packed* packed_a = scratch_for<Packed>(ScratchSlot::PackedA, max_block_rows * depth);
       for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
         const int64_t n = std::min(mr, rows_in_block - i0);
-        float* panel = packed_a + i0 * K;
-        pack_widened_panel(pack, &a(ic + i0, 0), a.row_stride, a.col_stride, n, K, mr, panel);
+        Packed* panel = packed_a + i0 * depth;
+        panels.pack_a(&a(ic + i0, 0), a.row_stride, a.col_stride, n, K, panel);
         if (sums && jc == 0 && chunk == 0) {
           float s[64] = {};
           for (int64_t p = 0; p < K; ++p)
-            for (int64_t i = 0; i < n; ++i) s[i] += panel[p * mr + i];
+            for (int64_t i = 0; i < n; ++i) s[i] += panels.a_value(panel, p, i);
           for (int64_t i = 0; i < n; ++i) sums[ic + i0 + i] = s[i];
         }
       }
@@ -605,16 +664,11 @@ void gemm_widened_blocked(const GemmArgs<In>& args, const MicroKernelSet& set, c
         const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
         for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
           const int64_t rows = std::min(mr, rows_in_block - i0);
-          kernel.run(K, packed_a + i0 * K, packed_b + jp * nr * K, nr, tile, nr, false, bias ? bias + j : nullptr);
+          panels.multiply(depth, packed_a + i0 * depth, packed_b + jp * nr * depth, tile, bias ? bias + j : nullptr);
           const int64_t i = ic + i0;
-          if (args.preactivation) {
-            for (int64_t r = 0; r < rows; ++r)
-              for (int64_t q = 0; q < cols; ++q)
-                args.preactivation[(i + r) * args.ld_preactivation + j + q] = In(tile[r * nr + q]);
-          }
+          if (args.preactivation) panels.round(tile, args.preactivation + i * args.ld_preactivation + j, args.ld_preactivation, rows, cols);
           if (args.activation != Activation::None) activation.activate(args.activation, tile, nr, tile, nr, rows, cols);
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t q = 0; q < cols; ++q) args.c[(i + r) * args.ldc + j + q] = In(tile[r * nr + q]);
+          panels.round(tile, args.c + i * args.ldc + j, args.ldc, rows, cols);
         }
       }
     });
@@ -633,7 +687,10 @@ void gemm_widened(const GemmArgs<In>& args) {
     return gemm_widened_reference(args);
   }
   const ScratchUse in_use;
-  gemm_widened_blocked(args, *kernels, profile);
+  if constexpr (std::is_same_v<In, c10::BFloat16>) {
+    if (const Bf16Kernel* native = selected_bf16_kernel()) return gemm_reduced_blocked(args, NativeBf16Panels{*native}, *kernels, profile);
+  }
+  gemm_reduced_blocked(args, WideningPanels<In>{kernels->f32, widening_pack<In>(*kernels)}, *kernels, profile);
 }
 
 template void gemm_widened<c10::BFloat16>(const GemmArgs<c10::BFloat16>&);

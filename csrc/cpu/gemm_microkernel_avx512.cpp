@@ -20,6 +20,7 @@ __m512d Sleef_tanhd8_u10avx512f(__m512d);
 __m512d Sleef_erfd8_u10avx512f(__m512d);
 }
 
+#include "avx512_transpose.h"
 #include "gemm_microkernel_templates.h"
 #include "gemm_microkernels.h"
 
@@ -45,32 +46,7 @@ struct Float32x16 {
     if constexpr (kHalf) return _mm512_cvtph_ps(bits);
     else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
   }
-  // 16 x 16 transpose: pairs of rows interleaved (unpack), then pairs of pairs (64-bit
-  // unpack), then 128-bit lanes regrouped twice (shuffle_f32x4): 64 shuffles for 256 values.
-  static void transpose(Vec (&r)[16]) {
-    Vec t[16], u[16];
-    for (int k = 0; k < 8; ++k) {
-      t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-      t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    // u[4g + j]: lane l holds rows 4g..4g+3 at column 4l + j
-    for (int g = 0; g < 4; ++g) {
-      const __m512d lo0 = _mm512_castps_pd(t[4 * g]), hi0 = _mm512_castps_pd(t[4 * g + 1]);
-      const __m512d lo1 = _mm512_castps_pd(t[4 * g + 2]), hi1 = _mm512_castps_pd(t[4 * g + 3]);
-      u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
-      u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
-      u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
-      u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
-    }
-    for (int j = 0; j < 4; ++j) {
-      const Vec x0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88), y0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-      const Vec x1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88), y1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-      r[j] = _mm512_shuffle_f32x4(x0, x1, 0x88);
-      r[8 + j] = _mm512_shuffle_f32x4(x0, x1, 0xDD);
-      r[4 + j] = _mm512_shuffle_f32x4(y0, y1, 0x88);
-      r[12 + j] = _mm512_shuffle_f32x4(y0, y1, 0xDD);
-    }
-  }
+  static void transpose(Vec (&r)[16]) { transpose_16x16(r); }  // avx512_transpose.h
   static float sum(Vec v) { return _mm512_reduce_add_ps(v); }
   static Vec set1(float s) { return _mm512_set1_ps(s); }
   static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }

@@ -1,0 +1,216 @@
+// Native bfloat16 GEMM kernels (gemm_microkernels.h, Bf16Kernel): float32 accumulation of
+// bfloat16 products, for CPUs with AVX512-BF16 (Zen 4, Zen 5, Intel Cooper Lake and later)
+// and, on those that also have them, AMX tiles (Intel Sapphire Rapids and later).
+//   tile (MR x NR, float32) = bias + A_panel (MR x K) @ B_panel (K x NR)
+// Both operands are packed in groups of consecutive k values per line (the "VNNI" layout the
+// instructions read): out[(p / G) * width * G + i * G + p % G].
+//   avx512bf16: 12 x 32 tile, 24 zmm accumulators. A and B in pairs (G = 2): per pair of k
+//               steps, 2 zmm loads of B and 12 broadcast 32-bit words of A into 24 vdpbf16ps
+//               (each is two multiply-adds per lane, products exact, sums in float32).
+//   amx:        32 x 32 tile in four 16 x 16 float32 tile registers, kept there for all of K.
+//               A in k-blocks of 32 (G = 32: each row's 64 bytes are one tile row), B in pairs
+//               (G = 2: a 16-pair x 16-column block is one tile); per 32 k steps, 2 A and 2 B
+//               tile loads feed 4 tdpbf16ps (16 x 16 x 32 multiply-adds each).
+// Packing moves 16 lines x 32 k steps at a time as 16 vectors of 32-bit words (pairs of
+// bfloat16): lines contiguous along k (x, W in the forward) are loaded as they are; k steps
+// contiguous across lines (the backward's operands) are loaded two steps at a time and
+// interleaved into pairs; a 16 x 16 transpose of the words (avx512_transpose.h) turns one
+// form into the other where the group needs it. Edges are zero-filled.
+// The results are rounded to bfloat16 once, by vcvtneps2bf16 (round to nearest even).
+// Both instructions treat denormal inputs as zero and flush denormal results (the hardware's
+// bfloat16 arithmetic); the widening path (gemm_widened) keeps them.
+// Compiled with -mavx512bf16 -mamx-tile -mamx-bf16 (setup.py); the AMX kernel runs only
+// where the CPU has AMX and Linux granted this process the tile state (cpu_isa.cpp).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "avx512_transpose.h"
+#include "gemm_microkernels.h"
+
+namespace pylibnn::cpu {
+namespace {
+
+constexpr int64_t kLines = 16;  // lines per packing block
+constexpr int64_t kSteps = 32;  // k steps per packing block (16 pairs)
+
+void transpose_words(__m512i (&v)[16]) {
+  __m512 r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(v[i]);
+  transpose_16x16(r);
+  for (int i = 0; i < 16; ++i) v[i] = _mm512_castps_si512(r[i]);
+}
+
+// Line-major block: v[i] = line i's k steps [0, steps) (32 bfloat16), zeros past lines / steps.
+void load_lines(const uint16_t* src, int64_t line_stride, int64_t lines, int64_t steps, __m512i (&v)[16]) {
+  const __mmask32 mask = steps >= kSteps ? ~__mmask32(0) : __mmask32((1u << steps) - 1);
+  for (int64_t i = 0; i < kLines; ++i)
+    v[i] = i < lines ? _mm512_maskz_loadu_epi16(mask, src + i * line_stride) : _mm512_setzero_si512();
+}
+
+// Pair-major block: word i of v[q] = (step 2q, step 2q + 1) of line i, zeros past lines / steps.
+void load_pairs(const uint16_t* src, int64_t depth_stride, int64_t lines, int64_t steps, __m512i (&v)[16]) {
+  const __mmask16 mask = lines >= kLines ? __mmask16(0xFFFF) : __mmask16((1u << lines) - 1);
+  // bfloat16 2t <- step 2q line t, 2t + 1 <- step 2q + 1 line t
+  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                           21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                           11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  for (int64_t q = 0; q < kLines; ++q) {
+    const int64_t p = 2 * q;
+    const __m256i even = p < steps ? _mm256_maskz_loadu_epi16(mask, src + p * depth_stride) : _mm256_setzero_si256();
+    const __m256i odd =
+        p + 1 < steps ? _mm256_maskz_loadu_epi16(mask, src + (p + 1) * depth_stride) : _mm256_setzero_si256();
+    v[q] = _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(even), odd, 1));
+  }
+}
+
+// Any other strides: element by element, into the line-major form.
+void gather_lines(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t steps,
+                  __m512i (&v)[16]) {
+  alignas(64) uint16_t block[kLines][kSteps] = {};
+  for (int64_t i = 0; i < lines; ++i)
+    for (int64_t p = 0; p < steps; ++p) block[i][p] = src[i * line_stride + p * depth_stride];
+  for (int64_t i = 0; i < kLines; ++i) v[i] = _mm512_load_si512(block[i]);
+}
+
+// PackGroupedFn for groups of G = 2 (pairs) or 32 (whole k-blocks) k steps.
+template <int G>
+void pack_grouped(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                  int64_t packed_depth, int64_t width, uint16_t* out) {
+  static_assert(G == 2 || G == kSteps);
+  for (int64_t i0 = 0; i0 < width; i0 += kLines) {
+    const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, kLines);
+    const int64_t n_out = std::min<int64_t>(kLines, width - i0);
+    for (int64_t p0 = 0; p0 < packed_depth; p0 += kSteps) {
+      const int64_t steps = std::clamp<int64_t>(depth - p0, 0, kSteps);
+      const uint16_t* block = src + i0 * line_stride + p0 * depth_stride;
+      __m512i v[16];
+      bool pair_major = false;
+      if (n_lines == 0 || steps == 0) {
+        for (auto& x : v) x = _mm512_setzero_si512();
+        pair_major = G == 2;
+      } else if (depth_stride == 1) {
+        load_lines(block, line_stride, n_lines, steps, v);
+      } else if (line_stride == 1) {
+        load_pairs(block, depth_stride, n_lines, steps, v);
+        pair_major = true;
+      } else {
+        gather_lines(block, line_stride, depth_stride, n_lines, steps, v);
+      }
+      if (pair_major != (G == 2)) transpose_words(v);
+      if constexpr (G == 2) {
+        // v[q]: pair p0 / 2 + q of lines i0 .. i0 + 15, stored as that pair's row of the panel
+        const __mmask16 mask = __mmask16((1u << n_out) - 1);
+        const int64_t pairs = std::min<int64_t>(kSteps, packed_depth - p0) / 2;
+        for (int64_t q = 0; q < pairs; ++q)
+          _mm512_mask_storeu_epi32(out + (p0 / 2 + q) * width * 2 + i0 * 2, mask, v[q]);
+      } else {
+        // v[i]: the 32 steps of line i0 + i, one row of this k-block
+        for (int64_t i = 0; i < n_out; ++i) _mm512_storeu_si512(out + p0 * width + (i0 + i) * kSteps, v[i]);
+      }
+    }
+  }
+}
+
+// tile = float32 MR x NR (row-major, leading dimension NR); bias[j] added when given.
+template <int NV>
+void store_tile_row(float* tile, const __m512 (&acc)[NV], const float* bias) {
+  for (int v = 0; v < NV; ++v) {
+    const __m512 sum = bias ? _mm512_add_ps(acc[v], _mm512_loadu_ps(bias + 16 * v)) : acc[v];
+    _mm512_storeu_ps(tile + 16 * v, sum);
+  }
+}
+
+// vdpbf16ps: 12 x 32, A and B in pairs.
+void dpbf16_kernel_12x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b, float* tile, const float* bias) {
+  constexpr int MR = 12, NV = 2;
+  __m512 acc[MR][NV];
+  for (auto& row : acc)
+    for (auto& x : row) x = _mm512_setzero_ps();
+  for (int64_t q = 0; q < packed_depth / 2; ++q) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + q * 64);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + q * 64 + 32);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + q * 2 * MR + 2 * i, sizeof(pair));
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+  }
+  for (int i = 0; i < MR; ++i) store_tile_row<NV>(tile + i * 32, acc[i], bias);
+}
+
+// The tile configuration of the AMX kernel: tmm0..3 = C (16 rows x 16 float32), tmm4..5 = A
+// (16 rows x 32 bfloat16), tmm6..7 = B (16 pairs x 16 columns x 2 bfloat16); 64 bytes a row.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// AMX: 32 x 32, A in k-blocks of 32, B in pairs. The configuration is loaded on every call:
+// the tile state belongs to the thread, and other code on it (oneDNN's kernels under torch)
+// loads its own between our calls.
+void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b, float* tile, const float* bias) {
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t p0 = 0; p0 < packed_depth; p0 += kSteps) {
+    const uint16_t* a_block = a + p0 * 32;  // 32 rows x 32 steps
+    const uint16_t* b_block = b + p0 * 32;  // 16 pairs x 32 columns x 2
+    _tile_loadd(4, a_block, 64);
+    _tile_loadd(5, a_block + 16 * kSteps, 64);
+    _tile_loadd(6, b_block, 128);
+    _tile_loadd(7, b_block + 32, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  constexpr int64_t ld = 32 * sizeof(float);
+  _tile_stored(0, tile, ld);
+  _tile_stored(1, tile + 16, ld);
+  _tile_stored(2, tile + 16 * 32, ld);
+  _tile_stored(3, tile + 16 * 32 + 16, ld);
+  _tile_release();
+  if (bias) {
+    const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+    for (int64_t i = 0; i < 32; ++i) {
+      _mm512_storeu_ps(tile + i * 32, _mm512_add_ps(_mm512_loadu_ps(tile + i * 32), b0));
+      _mm512_storeu_ps(tile + i * 32 + 16, _mm512_add_ps(_mm512_loadu_ps(tile + i * 32 + 16), b1));
+    }
+  }
+}
+
+// dst (rows x cols, bfloat16) = src (float32) rounded to nearest even.
+void round_to_bf16(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; j += 16) {
+      const int64_t n = std::min<int64_t>(16, cols - j);
+      const __mmask16 mask = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src + r * lds + j));
+      _mm256_mask_storeu_epi16(dst + r * ldd + j, mask, (__m256i)rounded);
+    }
+}
+
+}  // namespace
+
+Bf16Kernel bf16_kernel_avx512bf16() {
+  return {"avx512bf16", 12, 32, 2, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32, &round_to_bf16};
+}
+
+Bf16Kernel bf16_kernel_amx() {
+  return {"amx", 32, 32, kSteps, &pack_grouped<kSteps>, &pack_grouped<2>, &amx_kernel_32x32, &round_to_bf16};
+}
+
+}  // namespace pylibnn::cpu
