@@ -60,6 +60,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(used while the 'avx512' path is selected)");
   m.def("get_cpu_bf16_kernel", &pylibnn::cpu::selected_bf16_kernel_name, "The CPU bfloat16 GEMM kernel now chosen");
   m.def(
+      "cpu_bf16_kernel_in_use",
+      [] {
+        const pylibnn::cpu::Bf16Kernel* kernel = pylibnn::cpu::selected_bf16_kernel();
+        return std::string(kernel ? kernel->name : "widened");
+      },
+      "The kernel bfloat16 GEMMs above the direct loop's size run on now: the chosen one on the avx512 path, "
+      "'widened' on any other");
+  m.def(
       "set_cuda_gemm_kernel",
       [](const std::string& name) { pylibnn::cuda::set_gemm_kernel_override(pylibnn::cuda::gemm_kernel_from_name(name)); },
       pybind11::arg("name"), "Forces the CUDA GEMM kernel: 'auto', 'simt_basic', 'simt_warptile' or 'tensor_core'");

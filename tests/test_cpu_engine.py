@@ -339,6 +339,10 @@ WIDENED_CASES = [
 @pytest.mark.parametrize("dtype", REDUCED)
 @pytest.mark.parametrize("M,K,N,layout", WIDENED_CASES, ids=[f"{m}x{k}x{n}-{l}" for m, k, n, l in WIDENED_CASES])
 def test_widened_gemm_rounds_once(cpu_isa, M, K, N, layout, dtype):
+    check_gemm_rounds_once(M, K, N, layout, dtype, f"isa={cpu_isa}")
+
+
+def check_gemm_rounds_once(M, K, N, layout, dtype, what):
     seed = seed_for(M, K, N)
     a = make_tensor((M, K), dtype, "cpu", seed)
     b = make_tensor((K, N), dtype, "cpu", seed + 1)
@@ -350,12 +354,92 @@ def test_widened_gemm_rounds_once(cpu_isa, M, K, N, layout, dtype):
     elif layout == "sliced":
         a = make_tensor((M, 2 * K), dtype, "cpu", seed + 3)[:, ::2]
         b = make_tensor((K + 4, 3 * N), dtype, "cpu", seed + 4)[4:, ::3]
+    elif layout == "expanded":  # stride 0 along k in A, along n in B
+        a = make_tensor((M, 1), dtype, "cpu", seed + 3).expand(M, K)
+        b = make_tensor((1, N), dtype, "cpu", seed + 4).expand(K, N)
     c, sums = _C.cpu_gemm(a, b, bias, True)
     a64, b64, bias64 = a.double(), b.double(), bias.double()
     exact = a64 @ b64 + bias64
     magnitude = a64.abs() @ b64.abs() + bias64.abs()
-    assert_rounded_once(c, exact, magnitude, K, dtype, f"C isa={cpu_isa}")
-    assert_rounded_once(sums, a64.sum(1), a64.abs().sum(1), K, dtype, f"row sums isa={cpu_isa}")
+    assert_rounded_once(c, exact, magnitude, K, dtype, f"C {what}")
+    assert_rounded_once(sums, a64.sum(1), a64.abs().sum(1), K, dtype, f"row sums {what}")
+
+
+# --------------------------------------------------------------------------- bfloat16 kernels
+
+BF16_KERNELS = pylibnn.build_info()["cpu_isa"]["bf16_supported"]
+
+
+@pytest.fixture
+def restore_bf16_kernel():
+    yield
+    _C.set_cpu_bf16_kernel("auto")
+    pylibnn.ops.set_cpu_isa("auto")
+
+
+def cpu_flags():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    line = next((l for l in cpuinfo.read_text().splitlines() if l.startswith("flags")), "flags :")
+    return set(line.split(":", 1)[1].split())
+
+
+def test_bf16_kernel_choice_is_reported_and_forced(restore_bf16_kernel):
+    info = pylibnn.build_info()["cpu_isa"]
+    supported = info["bf16_supported"]
+    assert supported[-1] == "widened"
+    assert info["bf16_selected"] == supported[0] == _C.get_cpu_bf16_kernel()  # auto: the best
+    flags = cpu_flags()
+    if "avx512" in info["supported"] and {"avx512_bf16", "avx512bw"} <= flags:
+        assert "avx512bf16" in supported
+        if {"amx_bf16", "amx_tile"} <= flags:  # Linux grants the tile state (5.16 and later)
+            assert supported[0] == "amx"
+    for name in supported:
+        _C.set_cpu_bf16_kernel(name)
+        assert _C.get_cpu_bf16_kernel() == name
+        assert _C.cpu_bf16_kernel_in_use() == (name if pylibnn.ops.get_cpu_isa() == "avx512" else "widened")
+    for isa in _C.build_info()["cpu_isa"]["supported"]:
+        if isa != "avx512":
+            pylibnn.ops.set_cpu_isa(isa)
+            assert _C.cpu_bf16_kernel_in_use() == "widened", isa
+
+
+def test_bf16_kernel_errors_are_clear(restore_bf16_kernel):
+    with pytest.raises(RuntimeError, match="unknown bfloat16 kernel 'bogus'.*widened"):
+        _C.set_cpu_bf16_kernel("bogus")
+    for name in ("amx", "avx512bf16"):
+        if name not in BF16_KERNELS:
+            with pytest.raises(RuntimeError, match=f"'{name}' is compiled in but this CPU"):
+                _C.set_cpu_bf16_kernel(name)
+
+
+def test_bf16_kernel_environment_override():
+    code = "import pylibnn; print(pylibnn._C.get_cpu_bf16_kernel())"
+    forced = run_python(code, PYLIBNN_CPU_BF16="widened")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split() == ["widened"]
+    bad = run_python(code, PYLIBNN_CPU_BF16="bogus")
+    assert bad.returncode != 0 and "unknown bfloat16 kernel 'bogus'" in bad.stderr
+
+
+BF16_KERNEL_CASES = WIDENED_CASES + [
+    (64, 1024, 96, "plain"),        # whole AMX tiles, K a multiple of 32
+    (70, 33, 40, "plain"),          # K one past a k-block: padded to 64 (AMX) / 34 (pairs)
+    (33, 2, 31, "b_transposed"),    # one pair
+    (100, 129, 67, "a_transposed"), # pair-interleaving loads of A, rows past the tile
+    (40, 90, 33, "expanded"),
+]
+
+
+@pytest.mark.skipif("avx512" not in pylibnn.build_info()["cpu_isa"]["supported"], reason="no avx512 path")
+@pytest.mark.parametrize("kernel", BF16_KERNELS)
+@pytest.mark.parametrize("M,K,N,layout", BF16_KERNEL_CASES, ids=[f"{m}x{k}x{n}-{l}" for m, k, n, l in BF16_KERNEL_CASES])
+def test_bf16_kernels_round_once(restore_bf16_kernel, kernel, M, K, N, layout):
+    """Every bfloat16 kernel: float32 sums of exact products, each result rounded once."""
+    pylibnn.ops.set_cpu_isa("avx512")
+    _C.set_cpu_bf16_kernel(kernel)
+    check_gemm_rounds_once(M, K, N, layout, torch.bfloat16, f"bf16 kernel {kernel}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -306,6 +306,10 @@ def test_nonfinite_propagation(info, spec, dtype, backend, pattern):
     torch's (which terms meet in an element does not depend on blocking, packing or threads),
     for: a NaN, +Inf and -Inf in the input, the first weight, the last bias and grad_output
     ("points"); a first weight all NaN (every element touched); a last bias all +Inf."""
+    _check_nonfinite(info, spec, dtype, backend, pattern)
+
+
+def _check_nonfinite(info, spec, dtype, device, pattern):
     nan, inf = float("nan"), float("inf")
     base = make_sample(spec, "cpu", torch.float64)
     M, K = base.input.shape
@@ -327,13 +331,57 @@ def test_nonfinite_propagation(info, spec, dtype, backend, pattern):
                            base.grad_output.to(device, dtype))
 
     expected = reference(info, on("cpu", torch.float64, True))
-    ours = on(backend, dtype, True)
+    ours = on(device, dtype, True)
     output = info.run(ours)
     leaves = ours.leaves()
     grads = torch.autograd.grad(output, leaves, ours.grad_output, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
     for name, actual in zip(["output"] + ours.gradient_names(), [output] + grads):
         _assert_same_nonfinite(actual, expected[name][0], f"{info.name} {spec.name} {name}")
+
+
+# ---------------------------------------------------------------------------------------
+# The CPU's bfloat16 kernels: AMX tiles, vdpbf16ps, and float32 on widened operands, each
+# forced on the avx512 path (other paths always widen).
+
+BF16_KERNELS = BUILD_INFO["cpu_isa"]["bf16_supported"]
+
+
+@pytest.fixture
+def bf16_kernel(request):
+    def restore():
+        ops.set_cpu_bf16_kernel("auto")
+        ops.set_cpu_isa("auto")
+    request.addfinalizer(restore)
+    ops.set_cpu_isa("avx512")
+    ops.set_cpu_bf16_kernel(request.param)
+    assert ops._C.cpu_bf16_kernel_in_use() == request.param
+    return request.param
+
+
+def _bf16_params(attributes):
+    # the single-layer entries: the fused MLP widens bfloat16 in its own backend
+    return [pytest.param(info, spec, id=f"{info.name}-{spec.name}-{spec.activation}")
+            for info in OP_DB if info.name != "mlp" for attribute in attributes for spec in getattr(info, attribute)]
+
+
+needs_avx512 = pytest.mark.skipif("avx512" not in CPU_ISAS, reason="the native bfloat16 kernels run on the avx512 path")
+
+
+@needs_avx512
+@pytest.mark.parametrize("bf16_kernel", BF16_KERNELS, indirect=True)
+@pytest.mark.parametrize("info,spec", _bf16_params(["sample_specs", "edge_specs"]))
+def test_cpu_bf16_kernels(info, spec, bf16_kernel):
+    sample = make_sample(spec, "cpu", torch.bfloat16, requires_grad=True)
+    _check_against_reference(info, sample, torch.bfloat16, f"bf16 kernel {bf16_kernel} ")
+
+
+@needs_avx512
+@pytest.mark.parametrize("pattern", ["points", "nan-weight", "inf-bias"])
+@pytest.mark.parametrize("bf16_kernel", BF16_KERNELS, indirect=True)
+@pytest.mark.parametrize("info,spec", [p for p in _nonfinite_params() if p.values[0].name != "mlp"])
+def test_cpu_bf16_kernels_nonfinite(info, spec, bf16_kernel, pattern):
+    _check_nonfinite(info, spec, torch.bfloat16, "cpu", pattern)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ struct CpuProfile {
   int64_t kc = 512;  // depth of a packed block
   int64_t mc = 96;   // rows of A per task (rounded to MR)
   int64_t nc = 4096; // columns of B per packed block (rounded to NR)
+  // Bytes of the packed A block of a task on the native bfloat16 kernels (gemm_widened, which
+  // packs all of K at once): half of L2, so that the block stays there while the B panels
+  // stream past it, each reused by all of the block's rows.
+  int64_t bf16_block_bytes = 512 * 1024;
   // Path thresholds (gemm_engine.cpp applies them in this order).
   int64_t direct_max_madds = 4096;     // reference loop at or below this many multiply-adds
   int64_t stream_max_depth = 4;        // outer-product path for depth (K of the product) <= this

@@ -155,12 +155,21 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// AMX: 32 x 32, A in k-blocks of 32, B in pairs. The configuration is loaded on every call:
-// the tile state belongs to the thread, and other code on it (oneDNN's kernels under torch)
-// loads its own between our calls.
-void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b, float* tile, const float* bias) {
+const TileConfig& amx_config() {
   static const TileConfig config;
-  _tile_loadconfig(&config);
+  return config;
+}
+
+// The tile state belongs to the thread: the engine loads the configuration once per task
+// (amx_begin) and releases it after the task's last tile (amx_end), so that other code on
+// the thread (oneDNN's kernels under torch) finds it as it left it.
+void amx_begin() { _tile_loadconfig(&amx_config()); }
+void amx_end() { _tile_release(); }
+
+// AMX: 32 x 32, A in k-blocks of 32, B in pairs; between amx_begin and amx_end. Each
+// operand tile is loaded just before its first product, so the loads of one k-block overlap
+// the products of the last (tile registers are not renamed).
+void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b, float* tile, const float* bias) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -169,11 +178,11 @@ void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b
     const uint16_t* a_block = a + p0 * 32;  // 32 rows x 32 steps
     const uint16_t* b_block = b + p0 * 32;  // 16 pairs x 32 columns x 2
     _tile_loadd(4, a_block, 64);
-    _tile_loadd(5, a_block + 16 * kSteps, 64);
     _tile_loadd(6, b_block, 128);
-    _tile_loadd(7, b_block + 32, 128);
     _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b_block + 32, 128);
     _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a_block + 16 * kSteps, 64);
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
@@ -182,7 +191,6 @@ void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b
   _tile_stored(1, tile + 16, ld);
   _tile_stored(2, tile + 16 * 32, ld);
   _tile_stored(3, tile + 16 * 32 + 16, ld);
-  _tile_release();
   if (bias) {
     const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
     for (int64_t i = 0; i < 32; ++i) {
@@ -206,11 +214,13 @@ void round_to_bf16(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, in
 }  // namespace
 
 Bf16Kernel bf16_kernel_avx512bf16() {
-  return {"avx512bf16", 12, 32, 2, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32, &round_to_bf16};
+  return {"avx512bf16", 12, 32, 2, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32, &round_to_bf16,
+          nullptr, nullptr};
 }
 
 Bf16Kernel bf16_kernel_amx() {
-  return {"amx", 32, 32, kSteps, &pack_grouped<kSteps>, &pack_grouped<2>, &amx_kernel_32x32, &round_to_bf16};
+  return {"amx", 32, 32, kSteps, &pack_grouped<kSteps>, &pack_grouped<2>, &amx_kernel_32x32, &round_to_bf16,
+          &amx_begin, &amx_end};
 }
 
 }  // namespace pylibnn::cpu

@@ -543,6 +543,7 @@ PackWidenFn widening_pack(const MicroKernelSet& set) {
 template <typename In>
 struct WideningPanels {
   using Packed = float;
+  static constexpr bool kNative = false;
   const MicroKernel<float>& kernel;
   PackWidenFn pack;
   int64_t mr() const { return kernel.mr; }
@@ -557,6 +558,8 @@ struct WideningPanels {
   void multiply(int64_t depth, const Packed* a, const Packed* b, float* tile, const float* bias) const {
     kernel.run(depth, a, b, kernel.nr, tile, kernel.nr, false, bias);
   }
+  void begin() const {}
+  void end() const {}
   // A(i, p) of a packed A panel, for the row sums
   float a_value(const Packed* panel, int64_t p, int64_t i) const { return panel[p * kernel.mr + i]; }
   void round(const float* tile, In* dst, int64_t ld, int64_t rows, int64_t cols) const {
@@ -567,6 +570,7 @@ struct WideningPanels {
 
 struct NativeBf16Panels {
   using Packed = uint16_t;
+  static constexpr bool kNative = true;
   const Bf16Kernel& kernel;
   int64_t mr() const { return kernel.mr; }
   int64_t nr() const { return kernel.nr; }
@@ -583,6 +587,12 @@ struct NativeBf16Panels {
   }
   void multiply(int64_t depth, const Packed* a, const Packed* b, float* tile, const float* bias) const {
     kernel.run(depth, a, b, tile, bias);
+  }
+  void begin() const {
+    if (kernel.begin) kernel.begin();
+  }
+  void end() const {
+    if (kernel.end) kernel.end();
   }
   // A panels are grouped by depth_step (gemm_microkernels.h)
   float a_value(const Packed* panel, int64_t p, int64_t i) const {
@@ -605,11 +615,13 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   const int64_t depth = panels.packed_depth(K);
   TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
   const Blocking blk = blocking_for(set.f32, profile);
-  // kc = K; the A block (mc x K) and the B block (K x nc) keep the bytes of the profile's
-  // float32 mc x kc and kc x nc.
-  const int64_t scale = static_cast<int64_t>(sizeof(float) / sizeof(Packed));
-  const int64_t mc = std::max<int64_t>(1, scale * blk.mc * blk.kc / std::max<int64_t>(depth, 1) / mr) * mr;
-  const int64_t nc = std::max<int64_t>(1, scale * blk.nc * blk.kc / std::max<int64_t>(depth, 1) / nr) * nr;
+  // kc = K. The B block (K x nc) keeps the bytes of the profile's float32 kc x nc; the A
+  // block (mc x K) those of its float32 mc x kc when widened, and bf16_block_bytes on the
+  // native kernels, whose B panels must reach many rows of A per pass from L3.
+  const int64_t panel_line_bytes = std::max<int64_t>(depth, 1) * static_cast<int64_t>(sizeof(Packed));
+  const int64_t a_block_bytes = Panels::kNative ? profile.bf16_block_bytes : blk.mc * blk.kc * 4;
+  const int64_t mc = std::max<int64_t>(1, a_block_bytes / panel_line_bytes / mr) * mr;
+  const int64_t nc = std::max<int64_t>(1, blk.nc * blk.kc * 4 / panel_line_bytes / nr) * nr;
 
   // bias in float32, padded to whole tiles
   float* bias = nullptr;
@@ -660,6 +672,7 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
         }
       }
       const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+      panels.begin();
       for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
         const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
         for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
@@ -671,6 +684,7 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
           panels.round(tile, args.c + i * args.ldc + j, args.ldc, rows, cols);
         }
       }
+      panels.end();
     });
   }
   if (sums) for (int64_t i = 0; i < M; ++i) args.a_row_sums[i] = In(sums[i]);

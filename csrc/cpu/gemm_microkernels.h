@@ -153,6 +153,10 @@ struct Bf16Kernel {
   PackGroupedFn pack_b;
   Bf16MicroKernelFn run;
   RoundToBf16Fn round_to_bf16;
+  // Called on a thread before its first and after its last run of one task (AMX: load and
+  // release the tile configuration); nullptr when not needed.
+  void (*begin)();
+  void (*end)();
 };
 
 Bf16Kernel bf16_kernel_avx512bf16();  // defined only when PYLIBNN_HAVE_AVX512BF16
