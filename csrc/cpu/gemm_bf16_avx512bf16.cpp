@@ -8,9 +8,10 @@
 //               steps, 2 zmm loads of B and 12 broadcast 32-bit words of A into 24 vdpbf16ps
 //               (each is two multiply-adds per lane, products exact, sums in float32).
 //   amx:        32 x 32 tile in four 16 x 16 float32 tile registers, kept there for all of K.
-//               A in k-blocks of 32 (G = 32: each row's 64 bytes are one tile row), B in pairs
-//               (G = 2: a 16-pair x 16-column block is one tile); per 32 k steps, 2 A and 2 B
-//               tile loads feed 4 tdpbf16ps (16 x 16 x 32 multiply-adds each).
+//               A row-major (a tile row is 32 k steps of one row: A is read in place when it
+//               is contiguous along k, else packed into rows), B in pairs (G = 2: a 16-pair x
+//               16-column block is one tile); per 32 k steps, 2 A and 2 B tile loads feed 4
+//               tdpbf16ps (16 x 16 x 32 multiply-adds each).
 // Packing moves 16 lines x 32 k steps at a time as 16 vectors of 32-bit words (pairs of
 // bfloat16): lines contiguous along k (x, W in the forward) are loaded as they are; k steps
 // contiguous across lines (the backward's operands) are loaded two steps at a time and
@@ -76,11 +77,14 @@ void gather_lines(const uint16_t* src, int64_t line_stride, int64_t depth_stride
   for (int64_t i = 0; i < kLines; ++i) v[i] = _mm512_load_si512(block[i]);
 }
 
-// PackGroupedFn for groups of G = 2 (pairs) or 32 (whole k-blocks) k steps.
+// PackGroupedFn for pairs (G = 2) or whole rows (G = kRows: line i at i * (packed_depth +
+// kBf16RowPadding), the AMX kernel's A panels).
+constexpr int kRows = 0;
+
 template <int G>
 void pack_grouped(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
                   int64_t packed_depth, int64_t width, uint16_t* out) {
-  static_assert(G == 2 || G == kSteps);
+  static_assert(G == 2 || G == kRows);
   for (int64_t i0 = 0; i0 < width; i0 += kLines) {
     const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, kLines);
     const int64_t n_out = std::min<int64_t>(kLines, width - i0);
@@ -108,8 +112,9 @@ void pack_grouped(const uint16_t* src, int64_t line_stride, int64_t depth_stride
         for (int64_t q = 0; q < pairs; ++q)
           _mm512_mask_storeu_epi32(out + (p0 / 2 + q) * width * 2 + i0 * 2, mask, v[q]);
       } else {
-        // v[i]: the 32 steps of line i0 + i, one row of this k-block
-        for (int64_t i = 0; i < n_out; ++i) _mm512_storeu_si512(out + p0 * width + (i0 + i) * kSteps, v[i]);
+        // v[i]: steps p0 .. p0 + 31 of line i0 + i
+        const int64_t row_stride = packed_depth + kBf16RowPadding;
+        for (int64_t i = 0; i < n_out; ++i) _mm512_storeu_si512(out + (i0 + i) * row_stride + p0, v[i]);
       }
     }
   }
@@ -125,7 +130,8 @@ void store_tile_row(float* tile, const __m512 (&acc)[NV], const float* bias) {
 }
 
 // vdpbf16ps: 12 x 32, A and B in pairs.
-void dpbf16_kernel_12x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b, float* tile, const float* bias) {
+void dpbf16_kernel_12x32(int64_t packed_depth, const uint16_t* a, int64_t, const uint16_t* b, float* tile,
+                         const float* bias) {
   constexpr int MR = 12, NV = 2;
   __m512 acc[MR][NV];
   for (auto& row : acc)
@@ -169,20 +175,21 @@ void amx_end() { _tile_release(); }
 // AMX: 32 x 32, A in k-blocks of 32, B in pairs; between amx_begin and amx_end. Each
 // operand tile is loaded just before its first product, so the loads of one k-block overlap
 // the products of the last (tile registers are not renamed).
-void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, const uint16_t* b, float* tile, const float* bias) {
+void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, int64_t lda, const uint16_t* b, float* tile,
+                      const float* bias) {
+  const int64_t a_row_bytes = lda * static_cast<int64_t>(sizeof(uint16_t));
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t p0 = 0; p0 < packed_depth; p0 += kSteps) {
-    const uint16_t* a_block = a + p0 * 32;  // 32 rows x 32 steps
     const uint16_t* b_block = b + p0 * 32;  // 16 pairs x 32 columns x 2
-    _tile_loadd(4, a_block, 64);
+    _tile_loadd(4, a + p0, a_row_bytes);
     _tile_loadd(6, b_block, 128);
     _tile_dpbf16ps(0, 4, 6);
     _tile_loadd(7, b_block + 32, 128);
     _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, a_block + 16 * kSteps, 64);
+    _tile_loadd(5, a + 16 * lda + p0, a_row_bytes);
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
@@ -214,12 +221,12 @@ void round_to_bf16(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, in
 }  // namespace
 
 Bf16Kernel bf16_kernel_avx512bf16() {
-  return {"avx512bf16", 12, 32, 2, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32, &round_to_bf16,
-          nullptr, nullptr};
+  return {"avx512bf16",       12, 32, 2, false, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32,
+          &round_to_bf16, nullptr, nullptr};
 }
 
 Bf16Kernel bf16_kernel_amx() {
-  return {"amx", 32, 32, kSteps, &pack_grouped<kSteps>, &pack_grouped<2>, &amx_kernel_32x32, &round_to_bf16,
+  return {"amx", 32, 32, kSteps, true, &pack_grouped<kRows>, &pack_grouped<2>, &amx_kernel_32x32, &round_to_bf16,
           &amx_begin, &amx_end};
 }
 

@@ -555,13 +555,16 @@ struct WideningPanels {
   void pack_b(const In* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth, Packed* out) const {
     pack(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth, kernel.nr, out);
   }
-  void multiply(int64_t depth, const Packed* a, const Packed* b, float* tile, const float* bias) const {
+  int64_t a_panel_elements(int64_t depth) const { return kernel.mr * depth; }
+  int64_t a_panel_stride(int64_t) const { return 0; }  // the micro-kernel's panels have no rows
+  bool reads_a_in_place(const MatrixView<In>&, int64_t, bool) const { return false; }
+  void multiply(int64_t depth, const Packed* a, int64_t, const Packed* b, float* tile, const float* bias) const {
     kernel.run(depth, a, b, kernel.nr, tile, kernel.nr, false, bias);
   }
   void begin() const {}
   void end() const {}
   // A(i, p) of a packed A panel, for the row sums
-  float a_value(const Packed* panel, int64_t p, int64_t i) const { return panel[p * kernel.mr + i]; }
+  float a_value(const Packed* panel, int64_t, int64_t p, int64_t i) const { return panel[p * kernel.mr + i]; }
   void round(const float* tile, In* dst, int64_t ld, int64_t rows, int64_t cols) const {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t q = 0; q < cols; ++q) dst[r * ld + q] = In(tile[r * kernel.nr + q]);
@@ -585,8 +588,17 @@ struct NativeBf16Panels {
     kernel.pack_b(reinterpret_cast<const uint16_t*>(src), line_stride, depth_stride, lines, depth,
                   packed_depth(depth), kernel.nr, out);
   }
-  void multiply(int64_t depth, const Packed* a, const Packed* b, float* tile, const float* bias) const {
-    kernel.run(depth, a, b, tile, bias);
+  int64_t a_panel_stride(int64_t depth) const { return depth + kBf16RowPadding; }
+  int64_t a_panel_elements(int64_t depth) const {
+    return kernel.a_rows ? kernel.mr * a_panel_stride(depth) : kernel.mr * depth;
+  }
+  // Row-major A (x in the forward, grad_output in grad_input) is read by the kernel in place
+  // when no step past K needs zeros: no packing of A at all, only of B.
+  bool reads_a_in_place(const MatrixView<c10::BFloat16>& a, int64_t K, bool row_sums) const {
+    return kernel.a_rows && a.col_stride == 1 && K == packed_depth(K) && !row_sums;
+  }
+  void multiply(int64_t depth, const Packed* a, int64_t lda, const Packed* b, float* tile, const float* bias) const {
+    kernel.run(depth, a, lda, b, tile, bias);
   }
   void begin() const {
     if (kernel.begin) kernel.begin();
@@ -594,10 +606,10 @@ struct NativeBf16Panels {
   void end() const {
     if (kernel.end) kernel.end();
   }
-  // A panels are grouped by depth_step (gemm_microkernels.h)
-  float a_value(const Packed* panel, int64_t p, int64_t i) const {
-    const int64_t g = kernel.depth_step;
-    return static_cast<float>(c10::BFloat16(panel[(p / g) * kernel.mr * g + i * g + p % g], c10::BFloat16::from_bits()));
+  // A(i, p) of a packed A panel (rows or pairs, gemm_microkernels.h), for the row sums
+  float a_value(const Packed* panel, int64_t depth, int64_t p, int64_t i) const {
+    const Packed bits = kernel.a_rows ? panel[i * a_panel_stride(depth) + p] : panel[(p / 2) * kernel.mr * 2 + i * 2 + p % 2];
+    return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
   }
   void round(const float* tile, c10::BFloat16* dst, int64_t ld, int64_t rows, int64_t cols) const {
     kernel.round_to_bf16(tile, kernel.nr, reinterpret_cast<uint16_t*>(dst), ld, rows, cols);
@@ -641,6 +653,8 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   const int64_t max_block_rows = ceil_div(a_panels, m_blocks) * mr;
   Packed* packed_b = scratch_for<Packed>(ScratchSlot::PackedB, depth * round_up(std::min(N, nc), nr));
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
+  const bool a_in_place = panels.reads_a_in_place(a, K, sums != nullptr);
+  const int64_t a_panel_elements = panels.a_panel_elements(depth);
 
   for (int64_t jc = 0; jc < N; jc += nc) {
     const int64_t width = std::min(nc, N - jc);
@@ -659,15 +673,24 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
       const int64_t block = task / n_chunks, chunk = task % n_chunks;
       const int64_t p0 = block * a_panels / m_blocks, p1 = (block + 1) * a_panels / m_blocks;
       const int64_t ic = p0 * mr, rows_in_block = std::min(M, p1 * mr) - ic;
-      Packed* packed_a = scratch_for<Packed>(ScratchSlot::PackedA, max_block_rows * depth);
+      // A panels: packed, or (a_in_place) A's own rows, only a partial last panel packed
+      Packed* packed_a = scratch_for<Packed>(ScratchSlot::PackedA, (a_in_place ? 1 : max_block_rows / mr) * a_panel_elements);
+      const auto a_panel = [&](int64_t i0, int64_t& lda) -> const Packed* {
+        lda = panels.a_panel_stride(depth);
+        if (!a_in_place) return packed_a + i0 / mr * a_panel_elements;
+        if (rows_in_block - i0 < mr) return packed_a;
+        lda = a.row_stride;
+        return reinterpret_cast<const Packed*>(&a(ic + i0, 0));
+      };
       for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
         const int64_t n = std::min(mr, rows_in_block - i0);
-        Packed* panel = packed_a + i0 * depth;
+        if (a_in_place && n == mr) continue;
+        Packed* panel = a_in_place ? packed_a : packed_a + i0 / mr * a_panel_elements;
         panels.pack_a(&a(ic + i0, 0), a.row_stride, a.col_stride, n, K, panel);
         if (sums && jc == 0 && chunk == 0) {
           float s[64] = {};
           for (int64_t p = 0; p < K; ++p)
-            for (int64_t i = 0; i < n; ++i) s[i] += panels.a_value(panel, p, i);
+            for (int64_t i = 0; i < n; ++i) s[i] += panels.a_value(panel, depth, p, i);
           for (int64_t i = 0; i < n; ++i) sums[ic + i0 + i] = s[i];
         }
       }
@@ -677,7 +700,9 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
         const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
         for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
           const int64_t rows = std::min(mr, rows_in_block - i0);
-          panels.multiply(depth, packed_a + i0 * depth, packed_b + jp * nr * depth, tile, bias ? bias + j : nullptr);
+          int64_t lda = 0;
+          const Packed* a_tile_rows = a_panel(i0, lda);
+          panels.multiply(depth, a_tile_rows, lda, packed_b + jp * nr * depth, tile, bias ? bias + j : nullptr);
           const int64_t i = ic + i0;
           if (args.preactivation) panels.round(tile, args.preactivation + i * args.ld_preactivation + j, args.ld_preactivation, rows, cols);
           if (args.activation != Activation::None) activation.activate(args.activation, tile, nr, tile, nr, rows, cols);

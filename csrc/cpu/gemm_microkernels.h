@@ -131,24 +131,31 @@ struct MicroKernelSet {
 // Native bfloat16 kernels (gemm_bf16_avx512bf16.cpp), the blocked path of gemm_widened where
 // the CPU has them (cpu_isa.h, selected_bf16_kernel):
 //   tile[i * NR + j] = (bias ? bias[j] : 0) + sum_p A(i, p) * B(p, j)     float32, i < MR, j < NR
-// with bfloat16 products summed in float32. The packed operands hold groups of consecutive
-// depth steps per line, the layout vdpbf16ps and AMX read:
-//   out[(p / G) * width * G + i * G + p % G] = (i < lines && p < depth) ? src[i * line_stride + p * depth_stride] : 0
-// for p < packed_depth (depth rounded up to the kernel's depth_step, a multiple of G) and
-// i < width (MR for A, NR for B). pack_a groups by the kernel's own G, pack_b by pairs.
+// with bfloat16 products summed in float32, over p < packed_depth (K rounded up to the
+// kernel's depth_step; the packers zero the steps past K). B panels hold pairs of
+// consecutive depth steps per column, the layout vdpbf16ps and AMX read:
+//   out[(p / 2) * width * 2 + i * 2 + p % 2] = (i < lines && p < depth) ? src[i * line_stride + p * depth_stride] : 0
+// for p < packed_depth, i < width (NR). A panels (width MR) are pairs too, or, for a_rows
+// kernels (AMX), rows: line i at out[i * (packed_depth + kBf16RowPadding) + p]. An a_rows
+// kernel reads a_panel[i * lda + p]: a packed panel (lda = packed_depth + kBf16RowPadding), or
+// A itself where its rows are contiguous along k and K == packed_depth (lda = row stride).
 using PackGroupedFn = void (*)(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
                                int64_t depth, int64_t packed_depth, int64_t width, uint16_t* out);
-using Bf16MicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a_panel, const uint16_t* b_panel,
-                                   float* tile, const float* bias);
+using Bf16MicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a_panel, int64_t lda,
+                                   const uint16_t* b_panel, float* tile, const float* bias);
 // dst (rows x cols, bfloat16 bits) = src (float32) rounded to nearest even.
 using RoundToBf16Fn = void (*)(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows,
                                int64_t cols);
+
+// Padding of packed A rows: rows a multiple of 4 KiB apart would all fall in one L1 set.
+constexpr int64_t kBf16RowPadding = 32;
 
 struct Bf16Kernel {
   const char* name;    // "avx512bf16" (vdpbf16ps) or "amx"
   int64_t mr;
   int64_t nr;
   int64_t depth_step;  // packed_depth = depth rounded up to this
+  bool a_rows;         // A panels are rows (and A can be read in place), not pairs
   PackGroupedFn pack_a;
   PackGroupedFn pack_b;
   Bf16MicroKernelFn run;
