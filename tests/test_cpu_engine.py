@@ -429,6 +429,9 @@ BF16_KERNEL_CASES = WIDENED_CASES + [
     (33, 2, 31, "b_transposed"),    # one pair
     (100, 129, 67, "a_transposed"), # pair-interleaving loads of A, rows past the tile
     (40, 90, 33, "expanded"),
+    (20, 96, 70, "b_transposed"),   # M < N, B^T contiguous, K % 32 == 0: the swapped product C^T = B^T A^T
+    (1, 4096, 64, "b_transposed"),  # ... for one row
+    (45, 64, 77, "b_transposed"),   # ... with partial tiles both ways
 ]
 
 

@@ -207,6 +207,20 @@ void amx_kernel_32x32(int64_t packed_depth, const uint16_t* a, int64_t lda, cons
   }
 }
 
+// tile (32 x 32 float32, leading dimension 32) transposed in place: four 16 x 16 blocks, each
+// transposed in registers, the two off the diagonal swapped.
+void transpose_tile_32x32(float* tile) {
+  __m512 block[2][2][16];
+  for (int bi = 0; bi < 2; ++bi)
+    for (int bj = 0; bj < 2; ++bj) {
+      for (int r = 0; r < 16; ++r) block[bi][bj][r] = _mm512_loadu_ps(tile + (16 * bi + r) * 32 + 16 * bj);
+      transpose_16x16(block[bi][bj]);
+    }
+  for (int bi = 0; bi < 2; ++bi)
+    for (int bj = 0; bj < 2; ++bj)
+      for (int r = 0; r < 16; ++r) _mm512_storeu_ps(tile + (16 * bj + r) * 32 + 16 * bi, block[bi][bj][r]);
+}
+
 // dst (rows x cols, bfloat16) = src (float32) rounded to nearest even.
 void round_to_bf16(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r)
@@ -222,12 +236,12 @@ void round_to_bf16(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, in
 
 Bf16Kernel bf16_kernel_avx512bf16() {
   return {"avx512bf16",       12, 32, 2, false, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32,
-          &round_to_bf16, nullptr, nullptr};
+          &round_to_bf16, nullptr, nullptr, nullptr};
 }
 
 Bf16Kernel bf16_kernel_amx() {
   return {"amx", 32, 32, kSteps, true, &pack_grouped<kRows>, &pack_grouped<2>, &amx_kernel_32x32, &round_to_bf16,
-          &amx_begin, &amx_end};
+          &amx_begin, &amx_end, &transpose_tile_32x32};
 }
 
 }  // namespace pylibnn::cpu

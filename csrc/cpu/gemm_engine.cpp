@@ -563,6 +563,8 @@ struct WideningPanels {
   }
   void begin() const {}
   void end() const {}
+  bool transposes_tiles() const { return false; }
+  void transpose_tile(float*) const {}
   // A(i, p) of a packed A panel, for the row sums
   float a_value(const Packed* panel, int64_t, int64_t p, int64_t i) const { return panel[p * kernel.mr + i]; }
   void round(const float* tile, In* dst, int64_t ld, int64_t rows, int64_t cols) const {
@@ -600,6 +602,8 @@ struct NativeBf16Panels {
   void multiply(int64_t depth, const Packed* a, int64_t lda, const Packed* b, float* tile, const float* bias) const {
     kernel.run(depth, a, lda, b, tile, bias);
   }
+  bool transposes_tiles() const { return kernel.transpose_tile != nullptr; }
+  void transpose_tile(float* tile) const { kernel.transpose_tile(tile); }
   void begin() const {
     if (kernel.begin) kernel.begin();
   }
@@ -616,9 +620,12 @@ struct NativeBf16Panels {
   }
 };
 
+// With transposed_output, args describe the swapped product C^T (M x N here) = B^T A^T of a
+// caller whose C is N x M: each tile is transposed before its epilogue and lands in C at
+// (j, i); bias (length M here) belongs to C's columns.
 template <typename In, typename Panels>
 void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const MicroKernelSet& set,
-                          const CpuProfile& profile) {
+                          const CpuProfile& profile, bool transposed_output = false) {
   using Packed = typename Panels::Packed;
   const MatrixView<In>& a = args.a;
   const MatrixView<In>& b = args.b;
@@ -636,10 +643,12 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   const int64_t nc = std::max<int64_t>(1, blk.nc * blk.kc * 4 / panel_line_bytes / nr) * nr;
 
   // bias in float32, padded to whole tiles
+  TORCH_INTERNAL_ASSERT(!transposed_output || (mr == nr && panels.transposes_tiles()));
   float* bias = nullptr;
   if (args.bias) {
-    bias = scratch_for<float>(ScratchSlot::Bias, round_up(N, nr));
-    for (int64_t j = 0; j < round_up(N, nr); ++j) bias[j] = j < N ? widen_scalar(args.bias[j * args.bias_stride]) : 0.0f;
+    const int64_t length = transposed_output ? M : N, padded = round_up(length, nr);
+    bias = scratch_for<float>(ScratchSlot::Bias, padded);
+    for (int64_t j = 0; j < padded; ++j) bias[j] = j < length ? widen_scalar(args.bias[j * args.bias_stride]) : 0.0f;
   }
   float* sums = args.a_row_sums ? scratch_for<float>(ScratchSlot::RowSums, M) : nullptr;
   if (sums) std::fill(sums, sums + M, 0.0f);
@@ -702,11 +711,24 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
           const int64_t rows = std::min(mr, rows_in_block - i0);
           int64_t lda = 0;
           const Packed* a_tile_rows = a_panel(i0, lda);
-          panels.multiply(depth, a_tile_rows, lda, packed_b + jp * nr * depth, tile, bias ? bias + j : nullptr);
-          const int64_t i = ic + i0;
-          if (args.preactivation) panels.round(tile, args.preactivation + i * args.ld_preactivation + j, args.ld_preactivation, rows, cols);
-          if (args.activation != Activation::None) activation.activate(args.activation, tile, nr, tile, nr, rows, cols);
-          panels.round(tile, args.c + i * args.ldc + j, args.ldc, rows, cols);
+          const float* tile_bias = (bias && !transposed_output) ? bias + j : nullptr;
+          panels.multiply(depth, a_tile_rows, lda, packed_b + jp * nr * depth, tile, tile_bias);
+          // the tile's place in C: (i, j), rows x cols; or its transpose at (j, i)
+          int64_t i = ic + i0, j_out = j, rows_out = rows, cols_out = cols;
+          if (transposed_output) {
+            panels.transpose_tile(tile);
+            std::swap(i, j_out);
+            std::swap(rows_out, cols_out);
+            if (bias)
+              for (int64_t r = 0; r < rows_out; ++r)
+                for (int64_t q = 0; q < cols_out; ++q) tile[r * nr + q] += bias[j_out + q];
+          }
+          if (args.preactivation)
+            panels.round(tile, args.preactivation + i * args.ld_preactivation + j_out, args.ld_preactivation, rows_out,
+                         cols_out);
+          if (args.activation != Activation::None)
+            activation.activate(args.activation, tile, nr, tile, nr, rows_out, cols_out);
+          panels.round(tile, args.c + i * args.ldc + j_out, args.ldc, rows_out, cols_out);
         }
       }
       panels.end();
@@ -727,7 +749,19 @@ void gemm_widened(const GemmArgs<In>& args) {
   }
   const ScratchUse in_use;
   if constexpr (std::is_same_v<In, c10::BFloat16>) {
-    if (const Bf16Kernel* native = selected_bf16_kernel()) return gemm_reduced_blocked(args, NativeBf16Panels{*native}, *kernels, profile);
+    if (const Bf16Kernel* native = selected_bf16_kernel()) {
+      const NativeBf16Panels panels{*native};
+      // Pack the smaller operand: where B^T could be read in place (the forward's W) and
+      // M < N, run the swapped product C^T = B^T A^T (x is packed, W is not).
+      const MatrixView<In> b_t = args.b.transposed();
+      if (M < N && panels.transposes_tiles() && panels.reads_a_in_place(b_t, K, args.a_row_sums != nullptr)) {
+        GemmArgs<In> swapped = args;
+        swapped.a = b_t;
+        swapped.b = args.a.transposed();
+        return gemm_reduced_blocked(swapped, panels, *kernels, profile, true);
+      }
+      return gemm_reduced_blocked(args, panels, *kernels, profile);
+    }
   }
   gemm_reduced_blocked(args, WideningPanels<In>{kernels->f32, widening_pack<In>(*kernels)}, *kernels, profile);
 }

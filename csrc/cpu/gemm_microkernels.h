@@ -164,6 +164,9 @@ struct Bf16Kernel {
   // release the tile configuration); nullptr when not needed.
   void (*begin)();
   void (*end)();
+  // An MR x NR float32 tile transposed in place (MR == NR), for the swapped product
+  // C^T = B^T A^T (gemm_engine.cpp); nullptr when the kernel has none.
+  void (*transpose_tile)(float* tile);
 };
 
 Bf16Kernel bf16_kernel_avx512bf16();  // defined only when PYLIBNN_HAVE_AVX512BF16
