@@ -501,7 +501,9 @@ void gemm(const GemmArgs<T>& args) {
 //     and the tile is rounded once into C (a pc loop would have to keep C in float32);
 //   - the A block and the B block shrink with K to keep the bytes of the profile's blocking.
 // Row sums (grad_bias) are summed in float32 from the packed panels and rounded once.
-// Products of at most direct_max_madds multiply-adds take a float32 reference loop.
+// Products of at most direct_max_madds multiply-adds take a float32 reference loop; the
+// outer and gemv rules of gemm() (thin backward products) take gemm_widened_thin, which
+// streams B once, widened as it is loaded.
 namespace {
 
 template <typename In>
@@ -737,6 +739,84 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   if (sums) for (int64_t i = 0; i < M; ++i) args.a_row_sums[i] = In(sums[i]);
 }
 
+template <typename In>
+StreamWidenKernelFn widening_stream(const MicroKernelSet& set) {
+  return std::is_same_v<In, c10::BFloat16> ? set.stream_bf16_f32 : set.stream_f16_f32;
+}
+
+// The epilogue of a float32 block (rows x cols, leading dimension ld) computed for C at
+// (i, j): preactivation rounded, activation in float32, C rounded.
+template <typename In>
+void round_block_into(const GemmArgs<In>& args, const ActivationKernels<float>& activation, float* block, int64_t ld,
+                      int64_t i, int64_t j, int64_t rows, int64_t cols) {
+  const auto round_into = [&](In* dst, int64_t ldd) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t q = 0; q < cols; ++q) dst[r * ldd + q] = In(block[r * ld + q]);
+  };
+  if (args.preactivation) round_into(args.preactivation + i * args.ld_preactivation + j, args.ld_preactivation);
+  if (args.activation != Activation::None) activation.activate(args.activation, block, ld, block, ld, rows, cols);
+  round_into(args.c + i * args.ldc + j, args.ldc);
+}
+
+template <typename In>
+void widened_row_sums(const MatrixView<In>& a, int64_t i, int64_t rows, In* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float sum = 0;
+    for (int64_t p = 0; p < a.cols; ++p) sum += widen_scalar(a(i + r, p));
+    out[i + r] = In(sum);
+  }
+}
+
+// The thin paths of gemm() (outer: K <= stream_max_depth; gemv: M <= gemv_max_rows; both with
+// B's rows contiguous) for bfloat16 / float16: B streamed once, widened as it is loaded, into
+// float32 blocks of C that are rounded once. A (a few rows or columns) is widened up front.
+template <typename In>
+void gemm_widened_thin(const GemmArgs<In>& args, bool outer, const MicroKernelSet& set, const CpuProfile& profile) {
+  const MatrixView<In>& a = args.a;
+  const MatrixView<In>& b = args.b;
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const StreamWidenKernelFn stream = widening_stream<In>(set);
+  const ActivationKernels<float>& activation = activation_kernels<float>(set);
+  float* bias = nullptr;
+  if (args.bias) {
+    bias = scratch_for<float>(ScratchSlot::Bias, N);
+    for (int64_t j = 0; j < N; ++j) bias[j] = widen_scalar(args.bias[j * args.bias_stride]);
+  }
+  // A in float32, row-major M x K (a few rows, or K <= stream_max_depth columns)
+  float* a32 = scratch_for<float>(ScratchSlot::RowSums, M * K);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t p = 0; p < K; ++p) a32[i * K + p] = widen_scalar(a(i, p));
+  const bool parallel = multiply_adds(M, N, std::max<int64_t>(K, 4)) >= profile.parallel_min_madds;
+  const uint16_t* b_bits = reinterpret_cast<const uint16_t*>(b.data);
+  if (outer) {
+    // groups of 4 rows of C, whole rows, at least 16 KiB of C per hand-off
+    const int64_t groups = ceil_div(M, 4);
+    const int64_t grain = parallel ? std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(4 * N, 1)) : groups;
+    at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+      float* block = scratch_for<float>(ScratchSlot::Edge, 4 * N);
+      for (int64_t g = begin; g < end; ++g) {
+        const int64_t i = g * 4, rows = std::min<int64_t>(4, M - i);
+        stream(K, a32 + i * K, K, 1, rows, b_bits, b.row_stride, N, block, N, bias);
+        round_block_into(args, activation, block, N, i, 0, rows, N);
+        if (args.a_row_sums) widened_row_sums(a, i, rows, args.a_row_sums);
+      }
+    });
+  } else {
+    // column blocks of C (a few KiB per row, in L1), each reading its strip of every row of B
+    const int64_t width = std::max<int64_t>(64, profile.gemv_cols / 64 * 64);
+    const int64_t blocks = ceil_div(N, width);
+    at::parallel_for(0, blocks, parallel ? 1 : blocks, [&](int64_t begin, int64_t end) {
+      float* block = scratch_for<float>(ScratchSlot::Edge, M * width);
+      for (int64_t jb = begin; jb < end; ++jb) {
+        const int64_t j = jb * width, cols = std::min(width, N - j);
+        stream(K, a32, K, 1, M, b_bits + j * b.col_stride, b.row_stride, cols, block, width, bias ? bias + j : nullptr);
+        round_block_into(args, activation, block, width, 0, j, M, cols);
+      }
+    });
+    if (args.a_row_sums) widened_row_sums(a, 0, M, args.a_row_sums);
+  }
+}
+
 }  // namespace
 
 template <typename In>
@@ -748,6 +828,11 @@ void gemm_widened(const GemmArgs<In>& args) {
     return gemm_widened_reference(args);
   }
   const ScratchUse in_use;
+  const GemmPath path = choose_path(M, N, K, args.a.col_stride, args.b.row_stride, args.b.col_stride,
+                                    args.a_row_sums != nullptr, true, profile);
+  if (path == GemmPath::Outer || path == GemmPath::Gemv) {
+    return gemm_widened_thin(args, path == GemmPath::Outer, *kernels, profile);
+  }
   if constexpr (std::is_same_v<In, c10::BFloat16>) {
     if (const Bf16Kernel* native = selected_bf16_kernel()) {
       const NativeBf16Panels panels{*native};

@@ -164,6 +164,8 @@ MicroKernelSet microkernels_avx2() {
       &stream_kernel<Float64x4>,
       &pack_widened<Float32x8, false>,
       &pack_widened<Float32x8, true>,
+      &stream_widened<Float32x8, false>,
+      &stream_widened<Float32x8, true>,
   };
 }
 

@@ -146,6 +146,8 @@ MicroKernelSet microkernels_avx512() {
       &stream_kernel<Float64x8>,
       &pack_widened<Float32x16, false>,
       &pack_widened<Float32x16, true>,
+      &stream_widened<Float32x16, false>,
+      &stream_widened<Float32x16, true>,
   };
 }
 

@@ -144,6 +144,20 @@ void stream_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_co
   }
 }
 
+template <bool kHalf>
+void stream_widened(int64_t depth, const float* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows,
+                    const uint16_t* b, int64_t ldb, int64_t cols, float* c, int64_t ldc, const float* bias) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* ci = c + i * ldc;
+    for (int64_t j = 0; j < cols; ++j) ci[j] = bias ? bias[j] : 0.0f;
+    for (int64_t p = 0; p < depth; ++p) {
+      const float ai = a[i * a_row_stride + p * a_col_stride];
+      const uint16_t* bp = b + p * ldb;
+      for (int64_t j = 0; j < cols; ++j) ci[j] += ai * widen_bits(bp[j], kHalf);
+    }
+  }
+}
+
 }  // namespace
 
 MicroKernelSet microkernels_portable() {
@@ -169,6 +183,8 @@ MicroKernelSet microkernels_portable() {
       &stream_kernel<double>,
       &pack_widened<false>,
       &pack_widened<true>,
+      &stream_widened<false>,
+      &stream_widened<true>,
   };
 }
 

@@ -246,12 +246,26 @@ void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride
   }
 }
 
-// Row-streaming kernel (gemm_microkernels.h, StreamKernelFn): up to 4 rows of C by NV vectors
-// of columns in registers (4 zmm: 16 accumulators of 32; 2 ymm: 8 of 16), k in steps of 4
-// with C reloaded between steps.
-template <typename V, int R>
+// A vector of B for the row-streaming kernel: B's own type, or bfloat16 / float16 bits
+// (uint16_t) widened to float32 on the way.
+template <typename V, typename BT, bool kHalf>
+typename V::Vec load_b_vector(const BT* p) {
+  if constexpr (std::is_same_v<BT, uint16_t>) return V::template widen<kHalf>(p);
+  else return V::load(p);
+}
+
+template <typename V, typename BT, bool kHalf>
+typename V::Vec load_b_first(const BT* p, int64_t n) {
+  if constexpr (std::is_same_v<BT, uint16_t>) return widen_first<V, kHalf>(p, n);
+  else return V::load_first(p, n);
+}
+
+// Row-streaming kernel (gemm_microkernels.h, StreamKernelFn, StreamWidenKernelFn): up to 4
+// rows of C by NV vectors of columns in registers (4 zmm: 16 accumulators of 32; 2 ymm: 8 of
+// 16), k in steps of 4 with C reloaded between steps.
+template <typename V, int R, typename BT, bool kHalf>
 void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
-                 const typename V::Scalar* b, int64_t ldb, int64_t cols, typename V::Scalar* c, int64_t ldc,
+                 const BT* b, int64_t ldb, int64_t cols, typename V::Scalar* c, int64_t ldc,
                  const typename V::Scalar* bias) {
   using Scalar = typename V::Scalar;
   using Vec = typename V::Vec;
@@ -265,7 +279,7 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
     for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
       for (int64_t q = 0; q < kStep; ++q) av[i][q] = q < steps ? a[i * a_row_stride + (p0 + q) * a_col_stride] : Scalar(0);
-    const Scalar* bp = b + p0 * ldb;
+    const BT* bp = b + p0 * ldb;
     int64_t j = 0;
     for (; j + NV * L <= cols; j += NV * L) {
       Vec acc[R][NV];
@@ -277,7 +291,7 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
       for (int64_t q = 0; q < steps; ++q) {
         Vec bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = V::load(bp + q * ldb + j + v * L);
+        for (int v = 0; v < NV; ++v) bv[v] = load_b_vector<V, BT, kHalf>(bp + q * ldb + j + v * L);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
           const Vec ai = V::set1(av[i][q]);
@@ -297,7 +311,7 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
       for (int i = 0; i < R; ++i)
         acc[i] = p0 > 0 ? V::load_first(c + i * ldc + j, n) : (bias ? V::load_first(bias + j, n) : V::zero());
       for (int64_t q = 0; q < steps; ++q) {
-        const Vec bv = V::load_first(bp + q * ldb + j, n);
+        const Vec bv = load_b_first<V, BT, kHalf>(bp + q * ldb + j, n);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) acc[i] = V::fmadd(V::set1(av[i][q]), bv, acc[i]);
       }
@@ -308,16 +322,23 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
   }
 }
 
-template <typename V>
+template <typename V, typename BT = typename V::Scalar, bool kHalf = false>
 void stream_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
-                   int64_t rows, const typename V::Scalar* b, int64_t ldb, int64_t cols, typename V::Scalar* c,
-                   int64_t ldc, const typename V::Scalar* bias) {
+                   int64_t rows, const BT* b, int64_t ldb, int64_t cols, typename V::Scalar* c, int64_t ldc,
+                   const typename V::Scalar* bias) {
   switch (rows) {
-    case 1: return stream_rows<V, 1>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
-    case 2: return stream_rows<V, 2>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
-    case 3: return stream_rows<V, 3>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
-    default: return stream_rows<V, 4>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    case 1: return stream_rows<V, 1, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    case 2: return stream_rows<V, 2, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    case 3: return stream_rows<V, 3, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    default: return stream_rows<V, 4, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
   }
+}
+
+// StreamWidenKernelFn: B as bfloat16 (kHalf false) or float16 bits, float32 A, C and bias.
+template <typename V, bool kHalf>
+void stream_widened(int64_t depth, const float* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows,
+                    const uint16_t* b, int64_t ldb, int64_t cols, float* c, int64_t ldc, const float* bias) {
+  stream_kernel<V, uint16_t, kHalf>(depth, a, a_row_stride, a_col_stride, rows, b, ldb, cols, c, ldc, bias);
 }
 
 }  // namespace

@@ -76,6 +76,12 @@ template <typename T>
 using StreamKernelFn = void (*)(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows,
                                 const T* b, int64_t ldb, int64_t cols, T* c, int64_t ldc, const T* bias);
 
+// The same with bfloat16 or float16 bits (uint16_t) for B, widened as they are loaded, and
+// float32 A, C and bias: the thin paths of gemm_widened.
+using StreamWidenKernelFn = void (*)(int64_t depth, const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                                     int64_t rows, const uint16_t* b, int64_t ldb, int64_t cols, float* c,
+                                     int64_t ldc, const float* bias);
+
 // Panel kernel, for the fused MLP (mlp_cpu.cpp): one MR x (nv * lanes) tile of
 //   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a[i * a_row_stride + p * a_col_stride] * b[p * ldb + j]
 //                    + (bias ? bias[j] : 0)                  for i < MR, j < nv * lanes, p < depth
@@ -126,6 +132,8 @@ struct MicroKernelSet {
   StreamKernelFn<double> stream_f64;
   PackWidenFn pack_bf16_f32;
   PackWidenFn pack_f16_f32;
+  StreamWidenKernelFn stream_bf16_f32;
+  StreamWidenKernelFn stream_f16_f32;
 };
 
 // Native bfloat16 kernels (gemm_bf16_avx512bf16.cpp), the blocked path of gemm_widened where
