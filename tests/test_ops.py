@@ -59,12 +59,14 @@ def test_build_info_keys_and_types():
     # Built against the torch it runs with (major.minor; the C++ ABI is not stable across them).
     assert info["torch"].split(".")[:2] == torch.__version__.split(".")[:2], (info["torch"], torch.__version__)
     isa = info["cpu_isa"]
-    assert set(isa) == {"compiled", "supported", "selected"}
+    assert set(isa) == {"compiled", "supported", "selected", "bf16_supported", "bf16_selected"}
     assert all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in (isa["compiled"], isa["supported"]))
     assert isinstance(isa["selected"], str)
     assert "portable" in isa["compiled"] and set(isa["compiled"]) <= {"avx512", "avx2", "portable"}
     assert {"portable", "reference"} <= set(isa["supported"]) <= set(isa["compiled"]) | {"reference"}
     assert isa["selected"] in isa["supported"] and isa["selected"] == ops.get_cpu_isa()
+    assert set(isa["bf16_supported"]) <= {"amx", "avx512bf16", "widened"} and isa["bf16_supported"][-1] == "widened"
+    assert isa["bf16_selected"] in isa["bf16_supported"] and isa["bf16_selected"] == ops.get_cpu_bf16_kernel()
     assert info is not pylibnn.build_info(), "each call returns a fresh dict"
 
 
