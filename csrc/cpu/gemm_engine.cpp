@@ -662,7 +662,11 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   if (m_blocks > 1) m_blocks = round_up(m_blocks, threads);
   m_blocks = std::clamp<int64_t>(m_blocks, 1, a_panels);
   const int64_t max_block_rows = ceil_div(a_panels, m_blocks) * mr;
-  Packed* packed_b = scratch_for<Packed>(ScratchSlot::PackedB, depth * round_up(std::min(N, nc), nr));
+  // With one row block every B panel is used by one task only: that task packs it just
+  // before its tiles (into L2-sized private memory) instead of all of B being packed to
+  // memory first and read back (for a thin product, B is the whole cost).
+  const bool b_private = m_blocks == 1;
+  Packed* packed_b = b_private ? nullptr : scratch_for<Packed>(ScratchSlot::PackedB, depth * round_up(std::min(N, nc), nr));
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
   const bool a_in_place = panels.reads_a_in_place(a, K, sums != nullptr);
   const int64_t a_panel_elements = panels.a_panel_elements(depth);
@@ -670,12 +674,15 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   for (int64_t jc = 0; jc < N; jc += nc) {
     const int64_t width = std::min(nc, N - jc);
     const int64_t n_panels = ceil_div(width, nr);
-    at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
-      for (int64_t jp = begin; jp < end; ++jp) {
-        const int64_t j0 = jc + jp * nr;
-        panels.pack_b(&b(0, j0), b.col_stride, b.row_stride, std::min(nr, N - j0), K, packed_b + jp * nr * depth);
-      }
-    });
+    const auto pack_b_panel = [&](int64_t jp, Packed* out) {
+      const int64_t j0 = jc + jp * nr;
+      panels.pack_b(&b(0, j0), b.col_stride, b.row_stride, std::min(nr, N - j0), K, out);
+    };
+    if (!b_private) {
+      at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
+        for (int64_t jp = begin; jp < end; ++jp) pack_b_panel(jp, packed_b + jp * nr * depth);
+      });
+    }
     int64_t n_chunks = std::clamp<int64_t>(threads / std::gcd(m_blocks, threads), 1, n_panels);
     const int64_t panels_per_chunk = ceil_div(n_panels, n_chunks);
     n_chunks = ceil_div(n_panels, panels_per_chunk);
@@ -706,15 +713,18 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
         }
       }
       const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+      Packed* private_b = b_private ? scratch_for<Packed>(ScratchSlot::Edge, nr * depth) : nullptr;
       panels.begin();
       for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
         const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
+        if (b_private) pack_b_panel(jp, private_b);
+        const Packed* b_panel = b_private ? private_b : packed_b + jp * nr * depth;
         for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
           const int64_t rows = std::min(mr, rows_in_block - i0);
           int64_t lda = 0;
           const Packed* a_tile_rows = a_panel(i0, lda);
           const float* tile_bias = (bias && !transposed_output) ? bias + j : nullptr;
-          panels.multiply(depth, a_tile_rows, lda, packed_b + jp * nr * depth, tile, tile_bias);
+          panels.multiply(depth, a_tile_rows, lda, b_panel, tile, tile_bias);
           // the tile's place in C: (i, j), rows x cols; or its transpose at (j, i)
           int64_t i = ic + i0, j_out = j, rows_out = rows, cols_out = cols;
           if (transposed_output) {
@@ -745,11 +755,14 @@ StreamWidenKernelFn widening_stream(const MicroKernelSet& set) {
 }
 
 // The epilogue of a float32 block (rows x cols, leading dimension ld) computed for C at
-// (i, j): preactivation rounded, activation in float32, C rounded.
+// (i, j): preactivation rounded, activation in float32, C rounded (by the native bfloat16
+// kernel's vector conversion when there is one).
 template <typename In>
 void round_block_into(const GemmArgs<In>& args, const ActivationKernels<float>& activation, float* block, int64_t ld,
                       int64_t i, int64_t j, int64_t rows, int64_t cols) {
+  const Bf16Kernel* native = std::is_same_v<In, c10::BFloat16> ? selected_bf16_kernel() : nullptr;
   const auto round_into = [&](In* dst, int64_t ldd) {
+    if (native) return native->round_to_bf16(block, ld, reinterpret_cast<uint16_t*>(dst), ldd, rows, cols);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t q = 0; q < cols; ++q) dst[r * ldd + q] = In(block[r * ld + q]);
   };
