@@ -94,6 +94,9 @@ def test_path_rules_follow_the_profile(profile):
     assert forward_path(193, 128, 512) == "blocked"
     assert forward_path(64, 64, 64) == "blocked"
     assert forward_path(16, 64, 1024) == "dot" and forward_path(17, 64, 1024) == "blocked"
+    # float64 rows count double (their slice of x takes twice the cache)
+    assert _C.cpu_gemm_path(96, 512, 128, 1, 1, 128, False, 8) == "dot"
+    assert _C.cpu_gemm_path(97, 512, 128, 1, 1, 128, False, 8) == "blocked"
     # the thresholds are the profile's
     profile("dot_min_depth", 64)
     assert forward_path(64, 64, 64) == "dot"

@@ -82,8 +82,9 @@ void register_cpu_engine_functions(pybind11::module_& m) {
         "Sets one parameter of the CPU tuning profile in use (kc, mc, nc, dot_min_depth, ...)");
   m.def("cpu_gemm_path", &gemm_path_name, pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"),
         pybind11::arg("a_col_stride"), pybind11::arg("b_row_stride"), pybind11::arg("b_col_stride"),
-        pybind11::arg("row_sums"),
-        "The path the CPU GEMM C (M, N) = A (M, K) B (K, N) takes for these strides now");
+        pybind11::arg("row_sums"), pybind11::arg("element_bytes") = 4,
+        "The path the CPU GEMM C (M, N) = A (M, K) B (K, N) takes for these strides now (float32 elements, or "
+        "element_bytes = 8 for float64)");
   m.def("cpu_gemm", &engine_gemm, pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("bias") = pybind11::none(),
         pybind11::arg("row_sums") = false,
         "C = a @ b [+ bias] and the row sums of a, by the CPU GEMM engine alone (float32, float64, "

@@ -47,7 +47,7 @@ struct CpuProfile {
   int64_t stream_max_depth = 4;        // outer-product path for depth (K of the product) <= this
   int64_t gemv_max_rows = 4;           // GEMV path for rows (M) <= this (at most 4)
   int64_t gemv_cols = 1024;            // columns of C per GEMV task (a few KiB per row in L1)
-  int64_t dot_max_rows = 192;          // dot path for M <= this and K >= dot_min_depth,
+  int64_t dot_max_rows = 192;          // dot path for M <= this (float32; float64 half) and K >= dot_min_depth,
   int64_t dot_min_depth = 64;          // ...
   int64_t dot_thin_rows = 16;          // ... or for M <= this at any K (the 12-row tiles would idle)
   int64_t parallel_min_madds = 110592; // one thread below (48^3)

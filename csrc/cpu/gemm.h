@@ -45,11 +45,11 @@ void gemm(const GemmArgs<T>& args);
 template <typename In>
 void gemm_widened(const GemmArgs<In>& args);
 
-// The path gemm() takes for these sizes and strides with the kernel set and profile now
-// selected: "reference", "direct", "empty", "outer", "gemv", "dot" or "blocked" (the rules
+// The path gemm() takes for these sizes and strides (elements of element_bytes: 4 float32, 8
+// float64) with the kernel set and profile now selected: "reference", "direct", "empty", "outer", "gemv", "dot" or "blocked" (the rules
 // are in gemm_engine.cpp's header comment).
 const char* gemm_path_name(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
-                           int64_t b_col_stride, bool row_sums);
+                           int64_t b_col_stride, bool row_sums, int64_t element_bytes);
 
 // The naive triple loop: the ground truth the engine is tested against.
 template <typename T>

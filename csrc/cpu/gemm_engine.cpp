@@ -9,7 +9,8 @@
 //            row sums of A (grad_bias) from the same pass; C written once
 //   gemv     M <= gemv_max_rows and B's rows contiguous (grad_input = dy W for 1..4 rows):
 //            W read once, row by row, into column blocks of C kept in L1
-//   dot      A's rows and B's columns contiguous along k, M <= dot_max_rows and
+//   dot      A's rows and B's columns contiguous along k, M <= dot_max_rows (float32 rows:
+//            half as many float64 ones, whose A slice takes twice the cache) and
 //            K >= dot_min_depth, or M <= dot_thin_rows at any K (the forward x W^T for a thin
 //            batch, where MR-row tiles would compute mostly padding): dot products straight
 //            from the operands, vectorized along k; threads split the columns of C
@@ -422,7 +423,8 @@ enum class GemmPath { Reference, Direct, Empty, Outer, Gemv, Dot, Blocked };
 
 // The path rules of the header comment, in order. Shared by gemm() and gemm_path_name().
 GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
-                     int64_t b_col_stride, bool row_sums, bool have_kernels, const CpuProfile& profile) {
+                     int64_t b_col_stride, bool row_sums, bool have_kernels, const CpuProfile& profile,
+                     int64_t element_bytes) {
   // Products this small cost less than packing them: they take the direct loop, which also
   // rounds like torch's own small matmuls (a multiply and an add per term, in k order).
   if (!have_kernels) return GemmPath::Reference;
@@ -435,7 +437,8 @@ GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int6
   // about 256 rows for W of 4096 x 4096, where the packed path catches up), and while k is
   // long enough to amortize the horizontal sums of its accumulators.
   const bool operands_contiguous_along_k = a_col_stride == 1 && b_row_stride == 1;
-  if (operands_contiguous_along_k && !row_sums && M <= profile.dot_max_rows &&
+  const int64_t dot_max_rows = profile.dot_max_rows * 4 / std::max<int64_t>(element_bytes, 4);
+  if (operands_contiguous_along_k && !row_sums && M <= dot_max_rows &&
       (K >= profile.dot_min_depth || M <= profile.dot_thin_rows))
     return GemmPath::Dot;
   return GemmPath::Blocked;
@@ -444,9 +447,9 @@ GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int6
 }  // namespace
 
 const char* gemm_path_name(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
-                           int64_t b_col_stride, bool row_sums) {
+                           int64_t b_col_stride, bool row_sums, int64_t element_bytes) {
   switch (choose_path(M, N, K, a_col_stride, b_row_stride, b_col_stride, row_sums,
-                      selected_microkernels() != nullptr, cpu_profile())) {
+                      selected_microkernels() != nullptr, cpu_profile(), element_bytes)) {
     case GemmPath::Reference: return "reference";
     case GemmPath::Direct: return "direct";
     case GemmPath::Empty: return "empty";
@@ -464,7 +467,7 @@ void gemm(const GemmArgs<T>& args) {
   const MicroKernelSet* kernels = selected_microkernels();
   const CpuProfile& profile = cpu_profile();
   const GemmPath path = choose_path(M, N, K, args.a.col_stride, args.b.row_stride, args.b.col_stride,
-                                    args.a_row_sums != nullptr, kernels != nullptr, profile);
+                                    args.a_row_sums != nullptr, kernels != nullptr, profile, sizeof(T));
   if (path == GemmPath::Reference || path == GemmPath::Direct) {
     gemm_reference(args);
     if (has_epilogue(args)) gemm_epilogue(args, 0, 0, M, N);
@@ -842,7 +845,7 @@ void gemm_widened(const GemmArgs<In>& args) {
   }
   const ScratchUse in_use;
   const GemmPath path = choose_path(M, N, K, args.a.col_stride, args.b.row_stride, args.b.col_stride,
-                                    args.a_row_sums != nullptr, true, profile);
+                                    args.a_row_sums != nullptr, true, profile, sizeof(float));
   if (path == GemmPath::Outer || path == GemmPath::Gemv) {
     return gemm_widened_thin(args, path == GemmPath::Outer, *kernels, profile);
   }
