@@ -156,10 +156,11 @@ def write_table(path, rows, info, peaks, peak_desc, impls, args, elapsed):
     lines += [f"- {p}" for p in describe(info)]
     if "bfloat16" in args.dtypes:
         lines.append("- bfloat16: torch's F.linear runs oneDNN, which uses AMX tiles where the CPU has them "
-                     "(avx512_core_amx), a ceiling far above the vdpbf16ps one given here; pylibnn widens bfloat16 "
-                     "inside its packing and runs the float32 FMA kernels, so its %peak against the vdpbf16ps "
-                     "ceiling can pass 100 where vdpbf16ps is slower than float32 FMAs (Emerald Rapids: half the "
-                     "flops)")
+                     "(avx512_core_amx); pylibnn runs the bfloat16 kernel named above (amx: tdpbf16ps tiles, "
+                     "avx512bf16: vdpbf16ps, widened: float32 FMAs), and its %peak is against that instruction's "
+                     "ceiling. On a VM the AMX unit is shared with the other hyperthread of the core: its "
+                     "throughput moved between about 770 and 2800 GFLOP/s within minutes on the machine this was "
+                     "written on, for torch and pylibnn alike")
     lines.append("- ceiling: " + ", ".join(f"{dt} {fmt(peaks.get(dt), '.1f')} GFLOP/s" for dt in args.dtypes)
                  + f" ({peak_desc})")
     lines.append(f"- OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')} (numpy's threads sleep "

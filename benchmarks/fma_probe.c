@@ -4,7 +4,7 @@
  * registers, so the loop is bound by FMA throughput alone: the machine's arithmetic ceiling.
  * Kind 2 runs vdpbf16ps chains instead (acc += pairs of bfloat16 products, 2 products per
  * float32 lane): the bfloat16 ceiling of CPUs with AVX512-BF16.
- * Usage: fma_probe ITERS KIND(0 float32 | 1 float64 | 2 bfloat16) TRIALS
+ * Usage: fma_probe ITERS KIND(0 float32 | 1 float64 | 2 bfloat16 vdpbf16ps | 3 bfloat16 AMX) TRIALS
  *        -> prints "gflops threads vector_bits flops_per_iteration accumulators"
  * Built at run time: gcc -O3 -mavx512f -mfma [-mavx512bf16] -fopenmp (or -mavx2 -mfma).
  *
@@ -15,6 +15,10 @@
  * the 2 ports x 4 cycles of latency = 8 chains an FMA unit pair needs in flight.
  */
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #ifdef _OPENMP
@@ -108,9 +112,36 @@ static double run_bf16(long iters) {
 }
 #endif
 
+#if defined(__AMX_BF16__) && defined(__linux__)
+/* AMX: tdpbf16ps into 4 independent 16 x 16 float32 tiles from fixed A and B tiles (16 x 32
+ * bfloat16 each): 16 * 16 * 32 products and as many adds per instruction. */
+struct tile_config {
+    unsigned char palette, start_row, reserved[14];
+    unsigned short bytes_per_row[16];
+    unsigned char rows[16];
+};
+static double run_amx(long iters) {
+    struct tile_config cfg __attribute__((aligned(64))) = {0};
+    cfg.palette = 1;
+    for (int t = 0; t < 8; ++t) { cfg.bytes_per_row[t] = 64; cfg.rows[t] = 16; }
+    _tile_loadconfig(&cfg);
+    unsigned short ones[16 * 32] __attribute__((aligned(64)));
+    for (int i = 0; i < 16 * 32; ++i) ones[i] = 0x3a83; /* bfloat16 1e-3 */
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    _tile_loadd(4, ones, 64); _tile_loadd(5, ones, 64); _tile_loadd(6, ones, 64); _tile_loadd(7, ones, 64);
+    for (long it = 0; it < iters; ++it) {
+        _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+    }
+    float out[16 * 16] __attribute__((aligned(64)));
+    _tile_stored(0, out, 64);
+    _tile_release();
+    return out[0];
+}
+#endif
+
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s ITERS KIND(0|1|2) TRIALS\n", argv[0]);
+        fprintf(stderr, "usage: %s ITERS KIND(0|1|2|3) TRIALS\n", argv[0]);
         return 2;
     }
     long iters = atol(argv[1]);
@@ -122,15 +153,34 @@ int main(int argc, char **argv) {
         return 3;
     }
 #endif
+#if defined(__AMX_BF16__) && defined(__linux__)
+    /* the tile data state needs the kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA) */
+    if (kind == 3 && syscall(SYS_arch_prctl, 0x1023, 18) != 0) {
+        fprintf(stderr, "Linux refused the AMX tile state\n");
+        return 3;
+    }
+#else
+    if (kind == 3) {
+        fprintf(stderr, "this build has no AMX-BF16 (compile with -mamx-tile -mamx-bf16 on Linux)\n");
+        return 3;
+    }
+#endif
     /* flops per iteration per thread: float32 / float64 FMAs count 2 per lane; vdpbf16ps 4 per
      * float32 lane (two products, two adds). */
-    double flops = kind == 0 ? NACC * (VBITS / 32) * 2.0 : kind == 1 ? NACC * (VBITS / 64) * 2.0 : NACC * (VBITS / 32) * 4.0;
+    double flops = kind == 0   ? NACC * (VBITS / 32) * 2.0
+                   : kind == 1 ? NACC * (VBITS / 64) * 2.0
+                   : kind == 2 ? NACC * (VBITS / 32) * 4.0
+                               : 4 * 16 * 16 * 32 * 2.0; /* AMX: 4 tdpbf16ps */
     double best = 0.0, sink = 0.0;
     int threads = 1;
     for (int t = 0; t < trials; ++t) {
         double t0 = omp_get_wtime();
 #pragma omp parallel reduction(+ : sink)
         {
+#if defined(__AMX_BF16__) && defined(__linux__)
+            if (kind == 3) sink += run_amx(iters);
+            else
+#endif
 #ifdef __AVX512BF16__
             if (kind == 2) sink += run_bf16(iters);
             else

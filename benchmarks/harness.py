@@ -14,7 +14,9 @@ family, model), pylibnn's micro-kernel set and tuning profile, and the load of t
 
 Ceilings: an FMA probe (fma_probe.c, compiled at run time with gcc: independent FMA chains in
 registers on every core) gives the fp32 and fp64 peak; on CPUs with AVX512-BF16 it also
-measures vdpbf16ps (the bfloat16 dot-product instruction pylibnn's kernels would use).
+measures vdpbf16ps, and on CPUs with AMX tdpbf16ps. The bfloat16 ceiling of a report is the
+one of the instruction pylibnn's bfloat16 kernel runs (AMX, vdpbf16ps, or float32 FMAs when it
+widens).
 Without a compiler, numpy's best measured GFLOP/s stands in (the report says which).
 """
 
@@ -135,6 +137,7 @@ def machine_info(device):
         try:
             bi = pylibnn.build_info()
             info["pylibnn_isa"] = bi["cpu_isa"]["selected"]
+            info["pylibnn_bf16_kernel"] = pylibnn._C.cpu_bf16_kernel_in_use()
             info["pylibnn_cuda"] = bi["cuda"]
             info["pylibnn_cuda_arch"] = bi.get("cuda_arch_list", "")
         except Exception as exc:  # noqa: BLE001
@@ -166,6 +169,7 @@ def describe(info):
     parts.append(f"torch {info['torch']}; numpy {info['numpy']}"
                  + (f" ({info['numpy_blas']})" if "numpy_blas" in info else ""))
     parts.append(f"pylibnn CPU ISA: {info['pylibnn_isa']}"
+                 + (f", bfloat16 kernel {info['pylibnn_bf16_kernel']}" if info.get("pylibnn_bf16_kernel") else "")
                  + (f" ({info['pylibnn_build']})" if info.get("pylibnn_build") else ""))
     parts.append(f"pylibnn CPU profile: {info.get('pylibnn_profile_summary', 'n/a')}")
     load = f"load average (1/5/15 min) at start {info['loadavg_start']}"
@@ -192,8 +196,20 @@ def _probe_kinds(flags):
     """(dtype, probe argument) pairs this CPU can run."""
     kinds = [("float32", "0"), ("float64", "1")]
     if "avx512_bf16" in flags:
-        kinds.append(("bfloat16", "2"))
+        kinds.append(("bfloat16_vdpbf16ps", "2"))
+    if "avx512_bf16" in flags and "amx_bf16" in flags:
+        kinds.append(("bfloat16_amx", "3"))
     return kinds
+
+
+def _bf16_ceiling(peaks):
+    """The bfloat16 ceiling: the instruction pylibnn's bfloat16 kernel runs."""
+    try:
+        kernel = pylibnn._C.cpu_bf16_kernel_in_use() if pylibnn is not None else "widened"
+    except Exception:  # noqa: BLE001
+        kernel = "widened"
+    source = {"amx": "bfloat16_amx", "avx512bf16": "bfloat16_vdpbf16ps"}.get(kernel, "float32")
+    return peaks.get(source, peaks.get("float32")), source
 
 
 def fma_probe(seconds=0.15, trials=10, threads=None):
@@ -205,7 +221,8 @@ def fma_probe(seconds=0.15, trials=10, threads=None):
         return None, "no C compiler"
     flags = cpu_flags()
     if "avx512f" in flags:
-        isa_flags = ["-mavx512f", "-mfma"] + (["-mavx512bf16"] if "avx512_bf16" in flags else [])
+        isa_flags = (["-mavx512f", "-mfma"] + (["-mavx512bf16"] if "avx512_bf16" in flags else [])
+                     + (["-mamx-tile", "-mamx-bf16"] if {"avx512_bf16", "amx_bf16"} <= flags else []))
     elif "avx2" in flags and "fma" in flags:
         isa_flags = ["-mavx2", "-mfma"]
     else:
@@ -233,9 +250,13 @@ def fma_probe(seconds=0.15, trials=10, threads=None):
                 nacc, vbits = int(out[4]), int(out[2])
         except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
             return None, f"probe run failed: {exc}"
+    peaks["bfloat16"], bf16_source = _bf16_ceiling(peaks)
+    extra = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in peaks.items() if k.startswith("bfloat16_"))
+    extra = f" (this probe: {extra} GFLOP/s)" if extra else ""
     desc = (f"FMA probe: {os.path.basename(cc)} -O3 {' '.join(isa_flags)} -fopenmp, "
-            f"{threads} threads x {nacc} independent {vbits}-bit chains (vfmadd; vdpbf16ps for bfloat16), "
-            f"best of {trials}")
+            f"{threads} threads x {nacc} independent {vbits}-bit chains (vfmadd; vdpbf16ps; AMX: 4 tiles of "
+            f"tdpbf16ps), best of {trials}; bfloat16 ceiling from {bf16_source}, the instruction of pylibnn's "
+            f"bfloat16 kernel{extra}")
     return peaks, desc
 
 
