@@ -360,6 +360,12 @@ def check_gemm_rounds_once(M, K, N, layout, dtype, what):
     elif layout == "expanded":  # stride 0 along k in A, along n in B
         a = make_tensor((M, 1), dtype, "cpu", seed + 3).expand(M, K)
         b = make_tensor((1, N), dtype, "cpu", seed + 4).expand(K, N)
+    elif layout == "broadcast_rows":  # rows of A (and columns of B) repeated: stride 0 across them
+        a = make_tensor((1, K), dtype, "cpu", seed + 3).expand(M, K)
+        b = make_tensor((1, K), dtype, "cpu", seed + 4).expand(N, K).t()
+    elif layout == "row_padded":  # rows of A further apart than K, at an odd offset
+        a = make_tensor((M, K + 7), dtype, "cpu", seed + 3)[:, 3:K + 3]
+        b = b.t().contiguous().t()
     c, sums = _C.cpu_gemm(a, b, bias, True)
     a64, b64, bias64 = a.double(), b.double(), bias.double()
     exact = a64 @ b64 + bias64
@@ -435,6 +441,9 @@ BF16_KERNEL_CASES = WIDENED_CASES + [
     (20, 96, 70, "b_transposed"),   # M < N, B^T contiguous, K % 32 == 0: the swapped product C^T = B^T A^T
     (1, 4096, 64, "b_transposed"),  # ... for one row
     (45, 64, 77, "b_transposed"),   # ... with partial tiles both ways
+    (45, 64, 77, "broadcast_rows"),  # the swapped product on W^T read in place with row stride 0
+    (77, 64, 45, "broadcast_rows"),  # A read in place with row stride 0
+    (70, 96, 50, "row_padded"),      # A read in place with its own row stride
 ]
 
 
