@@ -2,8 +2,8 @@
 // bfloat16 products, for CPUs with AVX512-BF16 (Zen 4, Zen 5, Intel Cooper Lake and later)
 // and, on those that also have them, AMX tiles (Intel Sapphire Rapids and later).
 //   tile (MR x NR, float32) = bias + A_panel (MR x K) @ B_panel (K x NR)
-// Both operands are packed in groups of consecutive k values per line (the "VNNI" layout the
-// instructions read): out[(p / G) * width * G + i * G + p % G].
+// B is packed in pairs of consecutive k values per column, the "VNNI" layout both instructions
+// read (out[(p / 2) * width * 2 + i * 2 + p % 2]); A in pairs too, or in rows for AMX.
 //   avx512bf16: 12 x 32 tile, 24 zmm accumulators. A and B in pairs (G = 2): per pair of k
 //               steps, 2 zmm loads of B and 12 broadcast 32-bit words of A into 24 vdpbf16ps
 //               (each is two multiply-adds per lane, products exact, sums in float32).
