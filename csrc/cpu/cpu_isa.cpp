@@ -19,6 +19,30 @@
 namespace pylibnn::cpu {
 namespace {
 
+// Two tables below (micro-kernel sets, bfloat16 kernels) of entries {name, ..., supported},
+// best first, share these.
+template <typename Entry>
+std::vector<std::string> supported_names(const std::vector<Entry>& table) {
+  std::vector<std::string> names;
+  for (const Entry& entry : table)
+    if (entry.supported) names.emplace_back(entry.name);
+  return names;
+}
+
+// The entry called `name`; a clear error naming `setter` when it is unknown or unsupported.
+template <typename Entry>
+const Entry* find_named(const std::vector<Entry>& table, const std::string& name, const char* setter,
+                        const char* what, const char* supporter) {
+  for (const Entry& entry : table)
+    if (name == entry.name) {
+      TORCH_CHECK(entry.supported, setter, ": '", name, "' is compiled in but ", supporter,
+                  " does not support it; supported: ", c10::Join(", ", supported_names(table)));
+      return &entry;
+    }
+  TORCH_CHECK(false, setter, ": unknown ", what, " '", name, "'; expected 'auto' or one of: ",
+              c10::Join(", ", supported_names(table)));
+}
+
 struct IsaEntry {
   const char* name;
   const MicroKernelSet* kernels;  // nullptr for the reference loop
@@ -60,15 +84,7 @@ const IsaEntry* best_supported() {
 
 const IsaEntry* find_supported(const std::string& name) {
   if (name == "auto") return best_supported();
-  for (const IsaEntry& entry : isa_table())
-    if (name == entry.name) {
-      TORCH_CHECK(entry.supported, "pylibnn.set_cpu_isa: '", name,
-                  "' is compiled in but this CPU does not support it; supported: ",
-                  c10::Join(", ", supported_isas()));
-      return &entry;
-    }
-  TORCH_CHECK(false, "pylibnn.set_cpu_isa: unknown CPU path '", name, "'; expected 'auto' or one of: ",
-              c10::Join(", ", supported_isas()));
+  return find_named(isa_table(), name, "pylibnn.set_cpu_isa", "CPU path", "this CPU");
 }
 
 const IsaEntry* initial_choice() {
@@ -136,15 +152,7 @@ const Bf16Entry* find_bf16(const std::string& name) {
     for (const Bf16Entry& entry : bf16_table())
       if (entry.supported) return &entry;
   }
-  for (const Bf16Entry& entry : bf16_table())
-    if (name == entry.name) {
-      TORCH_CHECK(entry.supported, "pylibnn.set_cpu_bf16_kernel: '", name,
-                  "' is compiled in but this CPU (or OS) does not support it; supported: ",
-                  c10::Join(", ", supported_bf16_kernels()));
-      return &entry;
-    }
-  TORCH_CHECK(false, "pylibnn.set_cpu_bf16_kernel: unknown bfloat16 kernel '", name,
-              "'; expected 'auto' or one of: ", c10::Join(", ", supported_bf16_kernels()));
+  return find_named(bf16_table(), name, "pylibnn.set_cpu_bf16_kernel", "bfloat16 kernel", "this CPU (or OS)");
 }
 
 std::atomic<const Bf16Entry*>& current_bf16() {
@@ -157,12 +165,7 @@ std::atomic<const Bf16Entry*>& current_bf16() {
 
 }  // namespace
 
-std::vector<std::string> supported_bf16_kernels() {
-  std::vector<std::string> names;
-  for (const Bf16Entry& entry : bf16_table())
-    if (entry.supported) names.emplace_back(entry.name);
-  return names;
-}
+std::vector<std::string> supported_bf16_kernels() { return supported_names(bf16_table()); }
 
 std::string selected_bf16_kernel_name() { return current_bf16().load()->name; }
 
@@ -180,12 +183,7 @@ std::vector<std::string> compiled_isas() {
   return names;
 }
 
-std::vector<std::string> supported_isas() {
-  std::vector<std::string> names;
-  for (const IsaEntry& entry : isa_table())
-    if (entry.supported) names.emplace_back(entry.name);
-  return names;
-}
+std::vector<std::string> supported_isas() { return supported_names(isa_table()); }
 
 std::string selected_isa() { return current().load()->name; }
 

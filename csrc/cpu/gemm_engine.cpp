@@ -759,11 +759,10 @@ StreamWidenKernelFn widening_stream(const MicroKernelSet& set) {
 
 // The epilogue of a float32 block (rows x cols, leading dimension ld) computed for C at
 // (i, j): preactivation rounded, activation in float32, C rounded (by the native bfloat16
-// kernel's vector conversion when there is one).
+// kernel's vector conversion when there is one: native, else nullptr).
 template <typename In>
-void round_block_into(const GemmArgs<In>& args, const ActivationKernels<float>& activation, float* block, int64_t ld,
-                      int64_t i, int64_t j, int64_t rows, int64_t cols) {
-  const Bf16Kernel* native = std::is_same_v<In, c10::BFloat16> ? selected_bf16_kernel() : nullptr;
+void round_block_into(const GemmArgs<In>& args, const ActivationKernels<float>& activation, const Bf16Kernel* native,
+                      float* block, int64_t ld, int64_t i, int64_t j, int64_t rows, int64_t cols) {
   const auto round_into = [&](In* dst, int64_t ldd) {
     if (native) return native->round_to_bf16(block, ld, reinterpret_cast<uint16_t*>(dst), ldd, rows, cols);
     for (int64_t r = 0; r < rows; ++r)
@@ -793,6 +792,7 @@ void gemm_widened_thin(const GemmArgs<In>& args, bool outer, const MicroKernelSe
   const int64_t M = a.rows, K = a.cols, N = b.cols;
   const StreamWidenKernelFn stream = widening_stream<In>(set);
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
+  const Bf16Kernel* native = std::is_same_v<In, c10::BFloat16> ? selected_bf16_kernel() : nullptr;
   float* bias = nullptr;
   if (args.bias) {
     bias = scratch_for<float>(ScratchSlot::Bias, N);
@@ -813,7 +813,7 @@ void gemm_widened_thin(const GemmArgs<In>& args, bool outer, const MicroKernelSe
       for (int64_t g = begin; g < end; ++g) {
         const int64_t i = g * 4, rows = std::min<int64_t>(4, M - i);
         stream(K, a32 + i * K, K, 1, rows, b_bits, b.row_stride, N, block, N, bias);
-        round_block_into(args, activation, block, N, i, 0, rows, N);
+        round_block_into(args, activation, native, block, N, i, 0, rows, N);
         if (args.a_row_sums) widened_row_sums(a, i, rows, args.a_row_sums);
       }
     });
@@ -826,7 +826,7 @@ void gemm_widened_thin(const GemmArgs<In>& args, bool outer, const MicroKernelSe
       for (int64_t jb = begin; jb < end; ++jb) {
         const int64_t j = jb * width, cols = std::min(width, N - j);
         stream(K, a32, K, 1, M, b_bits + j * b.col_stride, b.row_stride, cols, block, width, bias ? bias + j : nullptr);
-        round_block_into(args, activation, block, width, 0, j, M, cols);
+        round_block_into(args, activation, native, block, width, 0, j, M, cols);
       }
     });
     if (args.a_row_sums) widened_row_sums(a, 0, M, args.a_row_sums);

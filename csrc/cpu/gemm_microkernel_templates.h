@@ -130,11 +130,35 @@ void dot_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const type
     }
 }
 
-// Packing kernel (gemm_microkernels.h, PackFn). Needs V::transpose (an L x L block of
-// vectors, L = lanes, in registers) and V::store_first (the first n lanes).
-template <typename V>
-void pack_panel(const typename V::Scalar* src, int64_t line_stride, int64_t depth_stride, int64_t lines,
-                int64_t depth, int64_t width, typename V::Scalar* out) {
+// A vector of an operand (the first n lanes, zeros after them): of the vector's own type, or
+// bfloat16 / float16 bits (ST = uint16_t) widened to float32 on the way (V::widen<kHalf>).
+// Partial widened vectors go through a zeroed stack copy (masked 16-bit loads would need
+// AVX512-BW).
+template <typename V, bool kHalf>
+typename V::Vec widen_first(const uint16_t* p, int64_t n) {
+  uint16_t tmp[V::lanes] = {};
+  for (int64_t k = 0; k < n; ++k) tmp[k] = p[k];
+  return V::template widen<kHalf>(tmp);
+}
+
+template <typename V, typename ST, bool kHalf>
+typename V::Vec load_vector(const ST* p) {
+  if constexpr (std::is_same_v<ST, uint16_t>) return V::template widen<kHalf>(p);
+  else return V::load(p);
+}
+
+template <typename V, typename ST, bool kHalf>
+typename V::Vec load_first_lanes(const ST* p, int64_t n) {
+  if constexpr (std::is_same_v<ST, uint16_t>) return widen_first<V, kHalf>(p, n);
+  else return V::load_first(p, n);
+}
+
+// Packing kernel (gemm_microkernels.h: PackFn, and PackWidenFn with ST = uint16_t, the
+// operand widened while it is packed). Needs V::transpose (an L x L block of vectors, L =
+// lanes, in registers) and V::store_first (the first n lanes).
+template <typename V, typename ST = typename V::Scalar, bool kHalf = false>
+void pack_panel(const ST* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                int64_t width, typename V::Scalar* out) {
   using Scalar = typename V::Scalar;
   using Vec = typename V::Vec;
   constexpr int64_t L = V::lanes;
@@ -149,8 +173,10 @@ void pack_panel(const typename V::Scalar* src, int64_t line_stride, int64_t dept
         Vec v[L];
 #pragma GCC unroll 16
         for (int64_t r = 0; r < L; ++r) {
-          const Scalar* line = src + (i0 + r) * line_stride + p0;
-          v[r] = r >= n_lines ? V::zero() : (n_depth == L ? V::load(line) : V::load_first(line, n_depth));
+          const ST* line = src + (i0 + r) * line_stride + p0;
+          v[r] = r >= n_lines ? V::zero()
+                              : (n_depth == L ? load_vector<V, ST, kHalf>(line)
+                                              : load_first_lanes<V, ST, kHalf>(line, n_depth));
         }
         V::transpose(v);
         Scalar* dst = out + p0 * width + i0;
@@ -165,99 +191,35 @@ void pack_panel(const typename V::Scalar* src, int64_t line_stride, int64_t dept
   } else if (line_stride == 1) {
     // Each depth step is contiguous across lines: masked vector copies, zeros past `lines`.
     for (int64_t p = 0; p < depth; ++p) {
-      const Scalar* step = src + p * depth_stride;
+      const ST* step = src + p * depth_stride;
       Scalar* dst = out + p * width;
       for (int64_t i0 = 0; i0 < width; i0 += L) {
         const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
-        const Vec v = n_lines == L ? V::load(step + i0) : (n_lines > 0 ? V::load_first(step + i0, n_lines) : V::zero());
+        const Vec v = n_lines == L ? load_vector<V, ST, kHalf>(step + i0)
+                                   : (n_lines > 0 ? load_first_lanes<V, ST, kHalf>(step + i0, n_lines) : V::zero());
         const int64_t n_out = std::min<int64_t>(L, width - i0);
         if (n_out == L) V::store(dst + i0, v);
         else V::store_first(dst + i0, v, n_out);
       }
     }
   } else {
+    // Any other strides: each depth step's lines gathered, then stored as one vector.
     for (int64_t p = 0; p < depth; ++p) {
-      for (int64_t i = 0; i < lines; ++i) out[p * width + i] = src[i * line_stride + p * depth_stride];
-      for (int64_t i = lines; i < width; ++i) out[p * width + i] = Scalar(0);
-    }
-  }
-}
-
-// Widening packing kernel (gemm_microkernels.h, PackWidenFn): pack_panel's three cases with
-// every load converting L bfloat16 / float16 values to float32 (V::widen<kHalf>). Partial
-// vectors go through a zeroed stack copy (masked 16-bit loads would need AVX512-BW).
-template <typename V, bool kHalf>
-typename V::Vec widen_first(const uint16_t* p, int64_t n) {
-  uint16_t tmp[V::lanes] = {};
-  for (int64_t k = 0; k < n; ++k) tmp[k] = p[k];
-  return V::template widen<kHalf>(tmp);
-}
-
-template <typename V, bool kHalf>
-void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
-                  int64_t width, float* out) {
-  using Vec = typename V::Vec;
-  constexpr int64_t L = V::lanes;
-  if (depth_stride == 1 && lines > 1) {
-    for (int64_t i0 = 0; i0 < width; i0 += L) {
-      const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
-      const int64_t n_out = std::min<int64_t>(L, width - i0);
-      for (int64_t p0 = 0; p0 < depth; p0 += L) {
-        const int64_t n_depth = std::min<int64_t>(L, depth - p0);
-        Vec v[L];
-#pragma GCC unroll 16
-        for (int64_t r = 0; r < L; ++r) {
-          const uint16_t* line = src + (i0 + r) * line_stride + p0;
-          v[r] = r >= n_lines ? V::zero()
-                              : (n_depth == L ? V::template widen<kHalf>(line) : widen_first<V, kHalf>(line, n_depth));
-        }
-        V::transpose(v);
-        float* dst = out + p0 * width + i0;
-        if (n_out == L && n_depth == L) {
-#pragma GCC unroll 16
-          for (int64_t q = 0; q < L; ++q) V::store(dst + q * width, v[q]);
-        } else {
-          for (int64_t q = 0; q < n_depth; ++q) V::store_first(dst + q * width, v[q], n_out);
-        }
-      }
-    }
-  } else if (line_stride == 1) {
-    for (int64_t p = 0; p < depth; ++p) {
-      const uint16_t* step = src + p * depth_stride;
-      float* dst = out + p * width;
       for (int64_t i0 = 0; i0 < width; i0 += L) {
         const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
-        const Vec v = n_lines == L ? V::template widen<kHalf>(step + i0) : widen_first<V, kHalf>(step + i0, n_lines);
-        const int64_t n_out = std::min<int64_t>(L, width - i0);
-        if (n_out == L) V::store(dst + i0, v);
-        else V::store_first(dst + i0, v, n_out);
-      }
-    }
-  } else {
-    for (int64_t p = 0; p < depth; ++p) {
-      uint16_t line[V::lanes];
-      for (int64_t i0 = 0; i0 < width; i0 += L) {
-        const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
+        ST line[L];
         for (int64_t i = 0; i < n_lines; ++i) line[i] = src[(i0 + i) * line_stride + p * depth_stride];
-        const Vec v = widen_first<V, kHalf>(line, n_lines);
+        const Vec v = n_lines > 0 ? load_first_lanes<V, ST, kHalf>(line, n_lines) : V::zero();
         V::store_first(out + p * width + i0, v, std::min<int64_t>(L, width - i0));
       }
     }
   }
 }
 
-// A vector of B for the row-streaming kernel: B's own type, or bfloat16 / float16 bits
-// (uint16_t) widened to float32 on the way.
-template <typename V, typename BT, bool kHalf>
-typename V::Vec load_b_vector(const BT* p) {
-  if constexpr (std::is_same_v<BT, uint16_t>) return V::template widen<kHalf>(p);
-  else return V::load(p);
-}
-
-template <typename V, typename BT, bool kHalf>
-typename V::Vec load_b_first(const BT* p, int64_t n) {
-  if constexpr (std::is_same_v<BT, uint16_t>) return widen_first<V, kHalf>(p, n);
-  else return V::load_first(p, n);
+template <typename V, bool kHalf>
+void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride, int64_t lines, int64_t depth,
+                  int64_t width, float* out) {
+  pack_panel<V, uint16_t, kHalf>(src, line_stride, depth_stride, lines, depth, width, out);
 }
 
 // Row-streaming kernel (gemm_microkernels.h, StreamKernelFn, StreamWidenKernelFn): up to 4
@@ -291,7 +253,7 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
       for (int64_t q = 0; q < steps; ++q) {
         Vec bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = load_b_vector<V, BT, kHalf>(bp + q * ldb + j + v * L);
+        for (int v = 0; v < NV; ++v) bv[v] = load_vector<V, BT, kHalf>(bp + q * ldb + j + v * L);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
           const Vec ai = V::set1(av[i][q]);
@@ -311,7 +273,7 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
       for (int i = 0; i < R; ++i)
         acc[i] = p0 > 0 ? V::load_first(c + i * ldc + j, n) : (bias ? V::load_first(bias + j, n) : V::zero());
       for (int64_t q = 0; q < steps; ++q) {
-        const Vec bv = load_b_first<V, BT, kHalf>(bp + q * ldb + j, n);
+        const Vec bv = load_first_lanes<V, BT, kHalf>(bp + q * ldb + j, n);
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) acc[i] = V::fmadd(V::set1(av[i][q]), bv, acc[i]);
       }
