@@ -16,6 +16,15 @@
 namespace pylibnn::cpu {
 namespace {
 
+// How many k steps ahead the k loop asks for B's lines. B is the operand that comes from
+// L2 (a packed kc x NR panel, 64 KiB at kc = 512, is larger than L1) or from memory (B read
+// in place, one row per k step); the hardware prefetchers alone left the 12 x 32 float32
+// kernel at 85-88% of its in-L1 speed. Measured on Emerald Rapids, one thread, against torch
+// in the same process: 1024^3 / 2048^3 forward 0.85x -> 0.89-0.92x with 8 or 16 steps (4 and
+// 24 gain less, prefetching A as well gains nothing), the M = 64 x 4096^2 fwd+bwd (B in place)
+// 0.75x -> 0.90x.
+constexpr int64_t kPrefetchDepthB = 16;
+
 // The k loop of the broadcast and panel kernels: acc[i][v] = sum_p A(i, p) * B(p, vector v),
 // A(i, p) = a[i * a_row_stride + p * a_col_stride]. MR * NV accumulators stay in registers;
 // per k step NV vectors of B are loaded and each of the MR values of A is broadcast into NV
@@ -30,7 +39,13 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  constexpr int64_t b_row_bytes = NV * V::lanes * sizeof(typename V::Scalar);
   for (int64_t p = 0; p < depth; ++p) {
+    // Past B's end this names lines outside it: a prefetch never faults, and the address is
+    // computed as an integer, not as an out-of-range pointer.
+    const auto b_ahead = reinterpret_cast<uintptr_t>(b) + kPrefetchDepthB * ldb * sizeof(typename V::Scalar);
+#pragma GCC unroll 4
+    for (int64_t offset = 0; offset < b_row_bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const void*>(b_ahead + offset), 0, 3);
     typename V::Vec bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
