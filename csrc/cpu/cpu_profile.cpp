@@ -182,6 +182,7 @@ constexpr Parameter kParameters[] = {
     {"dot_max_rows", &CpuProfile::dot_max_rows},
     {"dot_min_depth", &CpuProfile::dot_min_depth},
     {"dot_thin_rows", &CpuProfile::dot_thin_rows},
+    {"a_in_place_max_panels", &CpuProfile::a_in_place_max_panels},
     {"parallel_min_madds", &CpuProfile::parallel_min_madds},
     {"small_max_madds", &CpuProfile::small_max_madds},
     {"bf16_block_bytes", &CpuProfile::bf16_block_bytes},

@@ -306,6 +306,11 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
   // cost as much as using it. Where B's rows are contiguous the micro-kernel reads B in
   // place, and only a partial last panel (fewer than NR columns) is packed.
   const bool b_in_place = m_blocks == 1 && b.col_stride == 1;
+  // Where A is contiguous across rows (grad_output^T in grad_weight), its full MR-row panels
+  // are read in place when few B panels would reuse a packed copy: packing costs about as
+  // much per element as a few panels of arithmetic on it (the copy waits on lines of rows far
+  // apart). Not for wider C: rows of A 4 KiB apart then share cache sets and thrash.
+  const bool a_in_place = a.row_stride == 1 && ceil_div(N, nr) <= profile.a_in_place_max_panels;
   const bool b_shared = !b_in_place && !small;
   T* packed_b = b_shared ? scratch_for<T>(ScratchSlot::PackedB, blk.kc * round_up(std::min(N, blk.nc), nr)) : nullptr;
 
@@ -339,7 +344,16 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
         const int64_t chunk = task % n_chunks;
         T* packed_a = scratch_for<T>(ScratchSlot::PackedA, max_block_rows * kc);
         T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
-        pack_a_block(k, a, ic, mc, pc, kc, mr, packed_a, sums);
+        const int64_t full_rows = a_in_place ? mc / mr * mr : 0;
+        if (a_in_place) {
+          if (full_rows < mc) pack_a_block(k, a, ic + full_rows, mc - full_rows, pc, kc, mr, packed_a + full_rows * kc, static_cast<T*>(nullptr));
+          if (sums) {
+            for (int64_t p = 0; p < kc; ++p)
+              for (int64_t i = 0; i < mc; ++i) sums[i] += a(ic + i, pc + p);
+          }
+        } else {
+          pack_a_block(k, a, ic, mc, pc, kc, mr, packed_a, sums);
+        }
 
         const int64_t jp_begin = chunk * panels_per_chunk;
         const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
@@ -369,12 +383,14 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
           const T* tile_bias = tile_bias_base ? tile_bias_base + j : nullptr;
           for (int64_t i0 = 0; i0 < mc; i0 += mr) {
             const int64_t rows = std::min(mr, mc - i0);
-            const T* a_panel = packed_a + i0 * kc;
+            const bool a_row_in_place = i0 < full_rows;
+            const T* a_panel = a_row_in_place ? &a(ic + i0, pc) : packed_a + i0 * kc;
+            const int64_t lda = a_row_in_place ? a.col_stride : mr;
             T* c = args.c + (ic + i0) * args.ldc + j;
             if (rows == mr && cols == nr) {
-              kernel.run(kc, a_panel, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
+              kernel.run(kc, a_panel, lda, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
             } else {
-              kernel.run(kc, a_panel, b_panel, ldb, tile, nr, false, tile_bias);
+              kernel.run(kc, a_panel, lda, b_panel, ldb, tile, nr, false, tile_bias);
               for (int64_t r = 0; r < rows; ++r)
                 for (int64_t q = 0; q < cols; ++q) {
                   const T value = tile[r * nr + q];
@@ -564,7 +580,7 @@ struct WideningPanels {
   int64_t a_panel_stride(int64_t) const { return 0; }  // the micro-kernel's panels have no rows
   bool reads_a_in_place(const MatrixView<In>&, int64_t, bool) const { return false; }
   void multiply(int64_t depth, const Packed* a, int64_t, const Packed* b, float* tile, const float* bias) const {
-    kernel.run(depth, a, b, kernel.nr, tile, kernel.nr, false, bias);
+    kernel.run(depth, a, kernel.mr, b, kernel.nr, tile, kernel.nr, false, bias);
   }
   void begin() const {}
   void end() const {}

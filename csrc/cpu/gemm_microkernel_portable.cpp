@@ -29,10 +29,10 @@ void multiply_accumulate_tile(int64_t depth, const T* a, int64_t a_row_stride, i
 }
 
 template <typename T, int MR, int NR>
-void broadcast_kernel(int64_t kc, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate,
-                      const T* bias) {
+void broadcast_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+                      bool accumulate, const T* bias) {
   T acc[MR][NR];
-  multiply_accumulate_tile<T, MR, NR>(kc, a, 1, MR, b, ldb, acc);
+  multiply_accumulate_tile<T, MR, NR>(kc, a, 1, lda, b, ldb, acc);
   for (int i = 0; i < MR; ++i) {
     T* ci = c + i * ldc;
     for (int j = 0; j < NR; ++j) {

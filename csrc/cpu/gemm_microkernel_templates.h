@@ -16,14 +16,15 @@
 namespace pylibnn::cpu {
 namespace {
 
-// How many k steps ahead the k loop asks for B's lines. B is the operand that comes from
-// L2 (a packed kc x NR panel, 64 KiB at kc = 512, is larger than L1) or from memory (B read
-// in place, one row per k step); the hardware prefetchers alone left the 12 x 32 float32
-// kernel at 85-88% of its in-L1 speed. Measured on Emerald Rapids, one thread, against torch
-// in the same process: 1024^3 / 2048^3 forward 0.85x -> 0.89-0.92x with 8 or 16 steps (4 and
-// 24 gain less, prefetching A as well gains nothing), the M = 64 x 4096^2 fwd+bwd (B in place)
-// 0.75x -> 0.90x.
-constexpr int64_t kPrefetchDepthB = 16;
+// How many k steps ahead the k loop asks for B's lines (and for A's, when A is read in place),
+// and the copying pack for its source lines. B is the operand that comes from L2 (a packed
+// kc x NR panel, 64 KiB at kc = 512, is larger than L1) or from memory (B read in place, one
+// row per k step); the hardware prefetchers alone left the 12 x 32 float32 kernel at 85-88%
+// of its in-L1 speed. Measured on Emerald Rapids, one thread, against torch in the same
+// process: 1024^3 / 2048^3 forward 0.85x -> 0.89-0.92x with 8 or 16 steps (4 and 24 gain
+// less; prefetching a packed A gains nothing), the M = 64 x 4096^2 fwd+bwd (B in place)
+// 0.75x -> 0.90x; grad_weight for 1024 x 128 -> 512 0.77x -> 0.84x with the copying pack's.
+constexpr int64_t kPrefetchSteps = 16;
 
 // The k loop of the broadcast and panel kernels: acc[i][v] = sum_p A(i, p) * B(p, vector v),
 // A(i, p) = a[i * a_row_stride + p * a_col_stride]. MR * NV accumulators stay in registers;
@@ -43,9 +44,14 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
   for (int64_t p = 0; p < depth; ++p) {
     // Past B's end this names lines outside it: a prefetch never faults, and the address is
     // computed as an integer, not as an out-of-range pointer.
-    const auto b_ahead = reinterpret_cast<uintptr_t>(b) + kPrefetchDepthB * ldb * sizeof(typename V::Scalar);
+    const auto b_ahead = reinterpret_cast<uintptr_t>(b) + kPrefetchSteps * ldb * sizeof(typename V::Scalar);
 #pragma GCC unroll 4
     for (int64_t offset = 0; offset < b_row_bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const void*>(b_ahead + offset), 0, 3);
+    if (a_col_stride != MR) {  // A in place: MR values of a row far from the last one
+      const auto a_ahead = reinterpret_cast<uintptr_t>(a) + kPrefetchSteps * a_col_stride * sizeof(typename V::Scalar);
+      __builtin_prefetch(reinterpret_cast<const void*>(a_ahead), 0, 3);
+      __builtin_prefetch(reinterpret_cast<const void*>(a_ahead + (MR - 1) * sizeof(typename V::Scalar)), 0, 3);
+    }
     typename V::Vec bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
@@ -60,10 +66,11 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
   }
 }
 
-// Broadcast kernel: an MR x (NV * lanes) tile from a packed MR-row panel of A.
+// Broadcast kernel: an MR x (NV * lanes) tile from MR rows of A, a[p * lda + i] (a packed
+// panel: lda = MR).
 template <typename V, int MR, int NV>
-void broadcast_kernel(int64_t kc, const typename V::Scalar* a, const typename V::Scalar* b, int64_t ldb,
-                      typename V::Scalar* c, int64_t ldc, bool accumulate, const typename V::Scalar* bias) {
+void broadcast_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const typename V::Scalar* b,
+                      int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate, const typename V::Scalar* bias) {
   using Vec = typename V::Vec;
   // The C tile is read and written only after the k loop; ask for its lines now so that
   // the misses overlap with the FMAs instead of stalling the stores.
@@ -73,7 +80,7 @@ void broadcast_kernel(int64_t kc, const typename V::Scalar* a, const typename V:
     __builtin_prefetch(c + i * ldc + NV * V::lanes - 1, 1, 3);
   }
   Vec acc[MR][NV];
-  multiply_accumulate_tile<V, MR, NV>(kc, a, 1, MR, b, ldb, acc);
+  multiply_accumulate_tile<V, MR, NV>(kc, a, 1, lda, b, ldb, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     typename V::Scalar* ci = c + i * ldc;
@@ -208,6 +215,11 @@ void pack_panel(const ST* src, int64_t line_stride, int64_t depth_stride, int64_
     for (int64_t p = 0; p < depth; ++p) {
       const ST* step = src + p * depth_stride;
       Scalar* dst = out + p * width;
+      // The first and last line of the step kPrefetchSteps ahead (an integer address: it may
+      // lie past the operand, which a prefetch never faults on).
+      const auto ahead = reinterpret_cast<uintptr_t>(step) + kPrefetchSteps * depth_stride * sizeof(ST);
+      __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 3);
+      __builtin_prefetch(reinterpret_cast<const void*>(ahead + (lines - 1) * sizeof(ST)), 0, 3);
       for (int64_t i0 = 0; i0 < width; i0 += L) {
         const int64_t n_lines = std::clamp<int64_t>(lines - i0, 0, L);
         const Vec v = n_lines == L ? load_vector<V, ST, kHalf>(step + i0)

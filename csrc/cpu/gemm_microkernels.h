@@ -1,10 +1,11 @@
 // Register-blocked GEMM micro-kernels, one set per instruction set.
 //
-// Broadcast kernel: one MR x NR tile of C from an MR-row packed panel of A and kc rows of B:
-//   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a_panel[p * MR + i] * b[p * ldb + j]
+// Broadcast kernel: one MR x NR tile of C from MR rows of A and kc rows of B:
+//   c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + sum_p a[p * lda + i] * b[p * ldb + j]
 //                    + (bias ? bias[j] : 0)                  for i < MR, j < NR, p < kc
-// a_panel is packed column by column (MR values per k step) and zero-padded by the packer,
-// so the kernel never sees a partial tile. b is either a packed kc x NR panel (ldb = NR)
+// a is either a packed panel (lda = MR: MR values per k step, zero-padded by the packer, so
+// the kernel never sees a partial tile) or A itself when it is contiguous across rows and
+// MR rows exist (lda = its stride along k). b is either a packed kc x NR panel (ldb = NR)
 // or B itself when its rows are contiguous (ldb = its row stride) and NR columns exist.
 //
 // Dot kernel, for thin products whose operands are both contiguous along k (the forward
@@ -26,7 +27,7 @@
 namespace pylibnn::cpu {
 
 template <typename T>
-using MicroKernelFn = void (*)(int64_t kc, const T* a_panel, const T* b, int64_t ldb, T* c, int64_t ldc,
+using MicroKernelFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
                                bool accumulate, const T* bias);
 
 template <typename T>
