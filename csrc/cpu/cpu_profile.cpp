@@ -175,6 +175,7 @@ constexpr Parameter kParameters[] = {
     {"kc", &CpuProfile::kc},
     {"mc", &CpuProfile::mc},
     {"nc", &CpuProfile::nc},
+    {"single_block_rows", &CpuProfile::single_block_rows},
     {"direct_max_madds", &CpuProfile::direct_max_madds},
     {"stream_max_depth", &CpuProfile::stream_max_depth},
     {"gemv_max_rows", &CpuProfile::gemv_max_rows},

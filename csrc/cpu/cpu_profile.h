@@ -38,6 +38,12 @@ struct CpuProfile {
   int64_t kc = 512;  // depth of a packed block
   int64_t mc = 96;   // rows of A per task (rounded to MR)
   int64_t nc = 4096; // columns of B per packed block (rounded to NR)
+  // M (float32 rows; float64 half) up to which the blocked path keeps all rows in one block,
+  // with each B panel packed by the task that uses it. Emerald Rapids, forward at one thread
+  // against torch, one block vs blocks of mc = 96: M = 128 (W 4096^2) 0.84x -> 1.00x,
+  // M = 192 / 256 (W 1024^2) 0.93x / 0.92x -> 1.02x / 0.97x; grad_weight for 1024 x 512 -> 128
+  // (M = 128) 0.71x -> 0.91x. Larger M is unmeasured.
+  int64_t single_block_rows = 256;
   // Bytes of the packed A block of a task on the native bfloat16 kernels (gemm_widened, which
   // packs all of K at once): half of L2, so that the block stays there while the B panels
   // stream past it, each reused by all of the block's rows.
