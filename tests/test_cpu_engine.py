@@ -10,6 +10,7 @@ on top (assert_rounded_once). The paths are forced through the profile's paramet
 profile this CPU gets; pylibnn._C.cpu_gemm_path says which path a product takes.
 """
 
+import io
 import os
 import resource
 import subprocess
@@ -506,3 +507,77 @@ def test_reduced_precision_ops_round_once(M, K, N, dtype):
     assert_rounded_once(gb, gy64.sum(0), gy64.abs().sum(0), M, dtype, "grad_bias")
     _, _, gb_alone = ops.linear_backward(gy, x, w, [False, False, True])
     assert_rounded_once(gb_alone, gy64.sum(0), gy64.abs().sum(0), M, dtype, "grad_bias alone")
+
+
+# --------------------------------------------------------------------------- output cache
+
+def test_outputs_reuse_cached_memory_without_page_faults():
+    # A 2048 x 2048 float32 grad_weight (16 MiB) per call: from a freshly mapped block it takes
+    # 4097 page faults; from the output cache, none after the first call. The faults counted
+    # are the whole process's over the backward products (their tiny temporaries included).
+    x, w, b, gy = random_case(2, 2048, 2048, torch.float32)
+    ops.linear_backward(gy, x, w, [True, True, True])
+    stats = _C.cpu_output_cache_stats()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    calls = 10
+    for _ in range(calls):
+        grads = ops.linear_backward(gy, x, w, [True, True, True])
+        del grads
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    after = _C.cpu_output_cache_stats()
+    assert after["hits"] >= stats["hits"] + calls, (stats, after)
+    assert after["maps"] == stats["maps"], "output blocks were mapped again in steady state"
+    assert faults <= 4 * calls, f"{faults} minor page faults over {calls} calls"
+
+
+def test_cached_outputs_are_ordinary_tensors():
+    x, w, b, gy = random_case(600, 512, 700, torch.float64)  # 600 x 700 x 8 bytes: 3.2 MiB, cached
+    y = ops.linear_forward(x, w, b)
+    torch.testing.assert_close(y, torch.addmm(b, x, w.t()), rtol=1e-12, atol=1e-12)
+    assert y.is_contiguous() and y.device.type == "cpu"
+    used = _C.cpu_output_cache_stats()["used_bytes"]
+    assert used >= y.numel() * 8
+    # resizable (its storage grows through the cache), savable, shareable
+    z = y.clone()
+    y.resize_(1200, 700)
+    assert torch.equal(y[:600], z)
+    buffer = io.BytesIO()
+    torch.save(z, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), z)
+    shared = ops.linear_forward(x, w, b).share_memory_()
+    assert shared.is_shared() and torch.equal(shared, z)
+    # a dead output's block goes back on the free list, and release unmaps it
+    del y, shared
+    assert _C.cpu_output_cache_stats()["free_blocks"] >= 1
+    _C.release_cpu_output_cache()
+    assert _C.cpu_output_cache_stats()["free_bytes"] == 0
+    assert "cpu_output_cache" in pylibnn.build_info()
+
+
+def test_output_cache_limit():
+    x, w, b, gy = random_case(600, 512, 700, torch.float32)
+    limit = _C.cpu_output_cache_stats()["limit_bytes"]
+    try:
+        _C.set_cpu_output_cache_limit(0)
+        maps = _C.cpu_output_cache_stats()["maps"]
+        y = ops.linear_forward(x, w, b)
+        assert _C.cpu_output_cache_stats()["maps"] == maps, "an output was cached with the cache off"
+        check_linear(x, w, b, gy, "output cache off")
+        del y
+        assert _C.cpu_output_cache_stats()["free_bytes"] == 0
+        with pytest.raises(RuntimeError, match="set_cpu_output_cache_limit: expected bytes >= 0, got -1"):
+            _C.set_cpu_output_cache_limit(-1)
+    finally:
+        _C.set_cpu_output_cache_limit(limit)
+
+
+def test_output_cache_environment():
+    code = "import pylibnn; print(pylibnn._C.cpu_output_cache_stats()['limit_bytes'])"
+    out = run_python(code, PYLIBNN_CPU_OUTPUT_CACHE_MB="3")
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 3 << 20
+    code = "import torch, pylibnn; x = torch.randn(1024, 512); torch.ops.pylibnn.linear_forward(x, torch.randn(512, 512), None)"
+    out = run_python(code, PYLIBNN_CPU_OUTPUT_CACHE_MB="lots")
+    assert out.returncode != 0
+    assert "PYLIBNN_CPU_OUTPUT_CACHE_MB: expected a number of MiB >= 0, got 'lots'" in out.stderr

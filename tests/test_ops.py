@@ -49,8 +49,9 @@ def test_mlp_hidden_shape_is_the_kernels_layout():
 
 def test_build_info_keys_and_types():
     info = pylibnn.build_info()
-    assert set(info) == {"cuda", "cuda_arch_list", "torch", "cpu_isa", "cpu_profile", "cpu_scratch", "cuda_gemm",
-                         "cuda_available"}
+    assert set(info) == {"cuda", "cuda_arch_list", "torch", "cpu_isa", "cpu_profile", "cpu_scratch",
+                         "cpu_output_cache", "cuda_gemm", "cuda_available"}
+    assert set(info["cpu_output_cache"]) == {"free_bytes", "free_blocks", "used_bytes", "limit_bytes", "hits", "maps"}
     assert isinstance(info["cuda"], bool) and isinstance(info["cuda_available"], bool)
     assert isinstance(info["cuda_arch_list"], str) and isinstance(info["torch"], str)
     assert info["cuda_available"] == (info["cuda"] and torch.cuda.is_available())

@@ -21,6 +21,8 @@ struct CpuBackend {
     return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf;
   }
   PYLIBNN_BACKEND_COMPUTATIONS  // ops/backend.h
+  // The ops' outputs, from the output cache (output_cache.h).
+  static at::Tensor empty_output(c10::SymIntArrayRef sizes, const at::TensorOptions& options);
 };
 
 }  // namespace pylibnn::cpu

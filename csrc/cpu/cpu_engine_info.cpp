@@ -7,6 +7,7 @@
 #include "cpu/cpu_profile.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_scratch.h"
+#include "cpu/output_cache.h"
 
 namespace pylibnn::cpu {
 
@@ -24,6 +25,18 @@ pybind11::dict scratch_dict() {
   d["mapped_bytes"] = s.mapped_bytes;
   d["peak_bytes"] = s.peak_bytes;
   d["regions"] = s.regions;
+  d["maps"] = s.maps;
+  return d;
+}
+
+pybind11::dict output_cache_dict() {
+  const OutputCacheStats s = output_cache_stats();
+  pybind11::dict d;
+  d["free_bytes"] = s.free_bytes;
+  d["free_blocks"] = s.free_blocks;
+  d["used_bytes"] = s.used_bytes;
+  d["limit_bytes"] = s.limit_bytes;
+  d["hits"] = s.hits;
   d["maps"] = s.maps;
   return d;
 }
@@ -70,6 +83,7 @@ std::tuple<at::Tensor, at::Tensor> engine_gemm(const at::Tensor& a, const at::Te
 void add_cpu_engine_info(pybind11::dict& info) {
   info["cpu_profile"] = profile_dict();
   info["cpu_scratch"] = scratch_dict();
+  info["cpu_output_cache"] = output_cache_dict();
 }
 
 void register_cpu_engine_functions(pybind11::module_& m) {
@@ -93,6 +107,12 @@ void register_cpu_engine_functions(pybind11::module_& m) {
         "The CPU GEMM packing memory: mapped_bytes, peak_bytes, regions, maps (growth events)");
   m.def("release_cpu_scratch", &release_scratch,
         "Unmaps every thread's CPU GEMM packing memory (raises while a GEMM is running)");
+  m.def("cpu_output_cache_stats", &output_cache_dict,
+        "The CPU ops' output cache: free_bytes / free_blocks (kept for the next output of their size), "
+        "used_bytes (held by live tensors), limit_bytes, hits, maps (blocks mapped afresh)");
+  m.def("release_cpu_output_cache", &release_output_cache, "Unmaps the CPU output cache's free blocks");
+  m.def("set_cpu_output_cache_limit", &set_output_cache_limit, pybind11::arg("bytes"),
+        "Most free bytes the CPU output cache keeps (0: no output is cached); drops the free blocks");
 }
 
 }  // namespace pylibnn::cpu

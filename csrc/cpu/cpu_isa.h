@@ -20,9 +20,10 @@ class module_;
 namespace pylibnn::cpu {
 
 // The CPU engine's entries in pylibnn._C (cpu_engine_info.cpp): build_info()'s "cpu_profile"
-// (the tuning profile, cpu_profile.h) and "cpu_scratch" (packing memory, gemm_scratch.h), and
-// the functions cpu_profile, cpu_profile_names, set_cpu_profile, set_cpu_profile_parameter,
-// cpu_scratch_stats, release_cpu_scratch.
+// (the tuning profile, cpu_profile.h), "cpu_scratch" (packing memory, gemm_scratch.h) and
+// "cpu_output_cache" (output_cache.h), and the functions cpu_profile, cpu_profile_names,
+// set_cpu_profile, set_cpu_profile_parameter, cpu_scratch_stats, release_cpu_scratch,
+// cpu_output_cache_stats, release_cpu_output_cache, set_cpu_output_cache_limit.
 void add_cpu_engine_info(pybind11::dict& info);
 void register_cpu_engine_functions(pybind11::module_& m);
 

@@ -25,6 +25,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/cpu_isa.h"
 #include "cpu/gemm.h"
+#include "cpu/output_cache.h"
 #include "ops/op_layer.h"
 #include "ops/op_list.h"
 
@@ -67,7 +68,7 @@ at::Tensor activation_gradient(Activation act, const at::Tensor& grad_output, co
   }
   const at::Tensor grad = grad_output.contiguous();
   const at::Tensor z = preactivation.contiguous();
-  at::Tensor grad_z = at::empty(grad.sizes(), grad.options());
+  at::Tensor grad_z = empty_output(grad.sym_sizes(), grad.options());  // a temporary: back to the cache after the op
   const int64_t M = grad.size(0), N = grad.size(1);
   if (grad_z.numel() == 0) return grad_z;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "linear_act_backward_cpu", [&] {
@@ -84,6 +85,10 @@ at::Tensor activation_gradient(Activation act, const at::Tensor& grad_output, co
 }
 
 }  // namespace
+
+at::Tensor CpuBackend::empty_output(c10::SymIntArrayRef sizes, const at::TensorOptions& options) {
+  return cpu::empty_output(sizes, options);
+}
 
 void CpuBackend::linear_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                                 Activation activation, const at::Tensor& output, const at::Tensor& preactivation) {

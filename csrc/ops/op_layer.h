@@ -32,6 +32,8 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/List.h>
@@ -78,8 +80,24 @@ inline at::Tensor defined_or_empty(const at::Tensor& t, const at::TensorOptions&
   return t.defined() ? t : at::empty({0}, options);
 }
 
-inline at::Tensor empty_if(bool wanted, c10::SymIntArrayRef sizes, const at::TensorOptions& options) {
-  return wanted ? at::empty_symint(sizes, options) : at::Tensor();
+// An op's output: from the backend's own allocation where it has one (Backend::empty_output:
+// the CPU's output cache, cpu/output_cache.h), else from torch's allocator.
+template <typename B, typename = void>
+struct HasEmptyOutput : std::false_type {};
+template <typename B>
+struct HasEmptyOutput<B, std::void_t<decltype(B::empty_output(std::declval<c10::SymIntArrayRef>(),
+                                                               std::declval<const at::TensorOptions&>()))>>
+    : std::true_type {};
+
+template <typename Backend>
+at::Tensor empty_output(c10::SymIntArrayRef sizes, const at::TensorOptions& options) {
+  if constexpr (HasEmptyOutput<Backend>::value) return Backend::empty_output(sizes, options);
+  else return at::empty_symint(sizes, options);
+}
+
+template <typename Backend>
+at::Tensor empty_if(bool wanted, c10::SymIntArrayRef sizes, const at::TensorOptions& options) {
+  return wanted ? empty_output<Backend>(sizes, options) : at::Tensor();
 }
 
 inline bool has_value(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -95,8 +113,8 @@ std::tuple<at::Tensor, at::Tensor> linear_forward(const LinearSizes& sizes, cons
     return {narrow_to(output, dtype), narrow_to(preactivation, dtype)};
   }
   const auto options = input.options();
-  at::Tensor output = at::empty_symint({sizes.M, sizes.N}, options);
-  at::Tensor preactivation = empty_if(save_preactivation, {sizes.M, sizes.N}, options);
+  at::Tensor output = empty_output<Backend>({sizes.M, sizes.N}, options);
+  at::Tensor preactivation = empty_if<Backend>(save_preactivation, {sizes.M, sizes.N}, options);
   Backend::linear_forward(input, weight, bias, activation, output, preactivation);
   return {output, preactivation};
 }
@@ -115,9 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const LinearSizes
     return {narrow_to(grad_input, dtype), narrow_to(grad_weight, dtype), narrow_to(grad_bias, dtype)};
   }
   const auto options = grad_output.options();
-  at::Tensor grad_input = empty_if(mask[0], {sizes.M, sizes.K}, options);
-  at::Tensor grad_weight = empty_if(mask[1], {sizes.N, sizes.K}, options);
-  at::Tensor grad_bias = empty_if(mask[2], {sizes.N}, options);
+  at::Tensor grad_input = empty_if<Backend>(mask[0], {sizes.M, sizes.K}, options);
+  at::Tensor grad_weight = empty_if<Backend>(mask[1], {sizes.N, sizes.K}, options);
+  at::Tensor grad_bias = empty_if<Backend>(mask[2], {sizes.N}, options);
   if (mask[0] || mask[1] || mask[2]) {
     Backend::linear_backward(grad_output, input, weight, preactivation, activation, grad_input, grad_weight,
                              grad_bias);
@@ -143,11 +161,11 @@ std::tuple<at::Tensor, at::Tensor> mlp_forward(const std::vector<c10::SymInt>& w
   }
   const auto options = input.options();
   const c10::SymInt M = input.sym_size(0);
-  at::Tensor output = at::empty_symint({M, widths.back()}, options);
+  at::Tensor output = empty_output<Backend>({M, widths.back()}, options);
   at::Tensor hidden;
   if (save_hidden) {  // the layout allocates vectors: not for a forward that saves nothing
     const BasicMlpHiddenLayout<c10::SymInt> layout(M, widths, activation != Activation::None);
-    hidden = at::empty_symint({layout.rows, layout.cols}, options);
+    hidden = empty_output<Backend>({layout.rows, layout.cols}, options);
   }
   Backend::mlp_forward(input, weights, biases, activation, output, hidden);
   return {output, hidden};
@@ -167,11 +185,11 @@ MlpGradients mlp_backward(const std::vector<c10::SymInt>& widths, const at::Tens
     return {narrow_to(grad_input, dtype), std::move(grad_weights), std::move(grad_biases)};
   }
   const auto options = input.options();
-  at::Tensor grad_input = empty_if(input_grad, {input.sym_size(0), input.sym_size(1)}, options);
+  at::Tensor grad_input = empty_if<Backend>(input_grad, {input.sym_size(0), input.sym_size(1)}, options);
   std::vector<at::Tensor> grad_weights, grad_biases;
   for (size_t l = 0; l < weights.size(); ++l) {
-    grad_weights.push_back(at::empty_symint({widths[l], weights[l].sym_size(1)}, options));
-    grad_biases.push_back(empty_if(has_bias.get(l), {widths[l]}, options));
+    grad_weights.push_back(empty_output<Backend>({widths[l], weights[l].sym_size(1)}, options));
+    grad_biases.push_back(empty_if<Backend>(has_bias.get(l), {widths[l]}, options));
   }
   Backend::mlp_backward(grad_output, input, weights, hidden, activation, grad_input, grad_weights, grad_biases);
   return {grad_input, std::move(grad_weights), std::move(grad_biases)};
