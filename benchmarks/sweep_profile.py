@@ -31,6 +31,13 @@ GROUPS = {
     "kc": ("kc", [192, 256, 384, 512, 768], ["fwd:1024x1024x1024", "fwd:2048x2048x2048", "bwd:1024x1024x1024"]),
     "mc": ("mc", [48, 96, 144, 192, 288], ["fwd:1024x1024x1024", "fwd:2048x2048x2048", "bwd:1024x1024x1024"]),
     "nc": ("nc", [1024, 2048, 4096, 8192], ["fwd:2048x2048x2048", "fwd:4096x1024x4096"]),
+    # one row block (B panels packed privately, or read in place) up to this many rows
+    "single_block_rows": ("single_block_rows", [0, 128, 256, 512],
+                          ["fwd:128x4096x4096", "fwd:192x1024x1024", "fwd:256x1024x1024", "bwd:1024x512x128",
+                           "bwd:384x1024x1024"]),
+    # grad_weight's A (grad_output^T) read in place for C up to this many panels wide
+    "a_in_place_max_panels": ("a_in_place_max_panels", [0, 4, 8, 16],
+                              ["bwd:1024x128x128", "bwd:1024x128x512", "bwd:1024x256x512", "bwd:1024x512x512"]),
     # dot path (operands read in place) against the blocked path for the forward of thin batches
     "dot_min_depth": ("dot_min_depth", [32, 64, 128, 256, 1 << 30],
                       ["fwd:64x64x64", "fwd:64x128x128", "fwd:128x128x128", "fwd:32x256x256", "fwd:64x512x512"]),
