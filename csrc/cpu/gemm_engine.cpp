@@ -33,8 +33,11 @@
 // their strides (transposed, sliced and stride-0 views alike) and zero-fills the panels past
 // the matrix edge, so the micro-kernel only ever computes full tiles; edge tiles of C are
 // computed into a small buffer and copied out.
-// With a single row block of A, B is not packed where its rows are contiguous: the
-// micro-kernel reads it in place.
+// Up to single_block_rows rows of A are a single row block. B is then not packed where its
+// rows are contiguous (and not 4 KiB-aliased): the micro-kernel reads it in place; else each
+// B panel is packed by the task that uses it, just before its tiles (private panels).
+// A contiguous across rows (grad_output^T) is read in place when C is at most
+// a_in_place_max_panels panels wide: each packed copy would serve too few B panels.
 // Small products (M*N*K <= small_max_madds, one kc and one nc block) run in one thread
 // region: each task packs its own share of B beside its A block, instead of a region for
 // packing B followed by one for the tiles.
