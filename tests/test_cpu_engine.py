@@ -581,3 +581,28 @@ def test_output_cache_environment():
     out = run_python(code, PYLIBNN_CPU_OUTPUT_CACHE_MB="lots")
     assert out.returncode != 0
     assert "PYLIBNN_CPU_OUTPUT_CACHE_MB: expected a number of MiB >= 0, got 'lots'" in out.stderr
+
+
+def test_output_cache_evicts_the_oldest_sizes():
+    # With the free list at its limit, a returned block evicts the oldest free ones: after the
+    # batch size changes, the new size is the one kept (and served again).
+    limit = _C.cpu_output_cache_stats()["limit_bytes"]
+    w, b = make_tensor((512, 512), torch.float32, "cpu", 1), None
+    try:
+        _C.set_cpu_output_cache_limit(3 << 20)  # room for one 2 MiB output block
+        del_now = ops.linear_forward(make_tensor((1024, 512), torch.float32, "cpu", 2), w, b)  # 2 MiB
+        del del_now
+        x = make_tensor((1040, 512), torch.float32, "cpu", 3)  # a new batch size: 2.03 MiB
+        del_now = ops.linear_forward(x, w, b)
+        del del_now
+        stats = _C.cpu_output_cache_stats()
+        assert stats["free_blocks"] == 1 and stats["free_bytes"] == round_up_64k(1040 * 512 * 4), stats
+        y = ops.linear_forward(x, w, b)
+        assert _C.cpu_output_cache_stats()["hits"] == stats["hits"] + 1
+        torch.testing.assert_close(torch._lazy_clone(y), y, rtol=0, atol=0)
+    finally:
+        _C.set_cpu_output_cache_limit(limit)
+
+
+def round_up_64k(n):
+    return (n + 65535) // 65536 * 65536

@@ -1,10 +1,15 @@
-// The CPU output cache (output_cache.h): mmap'd blocks on free lists keyed by size.
+// The CPU output cache (output_cache.h): mmap'd blocks on free lists keyed by size. A block
+// that comes back when the free blocks are at their limit evicts the oldest free ones: when
+// the shapes change (a new batch size), the old sizes leave instead of the new ones.
 #include "cpu/output_cache.h"
 
 #include <sys/mman.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -29,7 +34,7 @@ int64_t limit_from_environment() {
   if (value == nullptr || *value == '\0') return int64_t(512) << 20;
   char* end = nullptr;
   const long long mb = std::strtoll(value, &end, 10);
-  TORCH_CHECK(end != value && *end == '\0' && mb >= 0,
+  TORCH_CHECK(end != value && *end == '\0' && mb >= 0 && mb <= (std::numeric_limits<int64_t>::max() >> 20),
               "PYLIBNN_CPU_OUTPUT_CACHE_MB: expected a number of MiB >= 0, got '", value, "'");
   return static_cast<int64_t>(mb) << 20;
 }
@@ -37,9 +42,47 @@ int64_t limit_from_environment() {
 // Never destroyed: tensors may die after static destructors have run.
 struct Cache {
   std::mutex mutex;
-  std::multimap<size_t, void*> free_blocks;  // rounded size -> block
+  std::map<uint64_t, Block> free_by_age;       // order returned -> block (oldest first)
+  std::multimap<size_t, uint64_t> free_by_size;  // rounded size -> its entry in free_by_age
+  uint64_t next_age = 0;
   int64_t free_bytes = 0, used_bytes = 0, hits = 0, maps = 0;
   int64_t limit_bytes = limit_from_environment();
+
+  // A free block of exactly `bytes`, taken off the lists; nullptr when there is none.
+  void* take(size_t bytes) {
+    auto it = free_by_size.find(bytes);
+    if (it == free_by_size.end()) return nullptr;
+    void* data = free_by_age.at(it->second).data;
+    free_by_age.erase(it->second);
+    free_by_size.erase(it);
+    free_bytes -= static_cast<int64_t>(bytes);
+    return data;
+  }
+  // The oldest free block, taken off the lists (for the caller to unmap).
+  Block take_oldest() {
+    const auto oldest = free_by_age.begin();
+    const Block block = oldest->second;
+    auto [first, last] = free_by_size.equal_range(block.bytes);
+    for (auto it = first; it != last; ++it)
+      if (it->second == oldest->first) {
+        free_by_size.erase(it);
+        break;
+      }
+    free_by_age.erase(oldest);
+    free_bytes -= static_cast<int64_t>(block.bytes);
+    return block;
+  }
+  void put(const Block& block) {
+    const uint64_t age = next_age++;
+    free_by_age.emplace(age, block);
+    try {
+      free_by_size.emplace(block.bytes, age);
+    } catch (...) {
+      free_by_age.erase(age);
+      throw;
+    }
+    free_bytes += static_cast<int64_t>(block.bytes);
+  }
 };
 
 Cache& cache() {
@@ -51,23 +94,30 @@ void unmap_all(const std::vector<Block>& blocks) {
   for (const Block& block : blocks) munmap(block.data, block.bytes);
 }
 
-// The deleter of a cached output's DataPtr: its block goes back on the free list, or is
-// unmapped when the free list is at its limit.
+// The deleter of a cached output's DataPtr: its block goes back on the free list, after the
+// oldest free blocks that must leave to keep the list within its limit; a block larger than
+// the limit is unmapped. Never throws (it runs in ~DataPtr): a failed insert unmaps instead.
 void return_block(void* context) {
-  Block* block = static_cast<Block*>(context);
+  const std::unique_ptr<Block> block(static_cast<Block*>(context));
+  const auto bytes = static_cast<int64_t>(block->bytes);
   Cache& c = cache();
-  bool keep = false;
+  std::vector<Block> evicted;
+  bool kept = false;
   {
     std::lock_guard<std::mutex> lock(c.mutex);
-    c.used_bytes -= static_cast<int64_t>(block->bytes);
-    keep = c.free_bytes + static_cast<int64_t>(block->bytes) <= c.limit_bytes;
-    if (keep) {
-      c.free_blocks.emplace(block->bytes, block->data);
-      c.free_bytes += static_cast<int64_t>(block->bytes);
+    c.used_bytes -= bytes;
+    if (bytes <= c.limit_bytes) {
+      try {
+        evicted.reserve(8);
+        while (c.free_bytes + bytes > c.limit_bytes) evicted.push_back(c.take_oldest());
+        c.put(*block);
+        kept = true;
+      } catch (...) {
+      }
     }
   }
-  if (!keep) munmap(block->data, block->bytes);
-  delete block;
+  if (!kept) munmap(block->data, block->bytes);
+  unmap_all(evicted);
 }
 
 class OutputAllocator final : public c10::Allocator {
@@ -76,29 +126,32 @@ class OutputAllocator final : public c10::Allocator {
     // Small requests (a storage resized down, or a tiny output) go to torch's CPU allocator.
     if (bytes < static_cast<size_t>(kOutputCacheMinBytes)) return c10::GetCPUAllocator()->allocate(bytes);
     const size_t rounded = (bytes + kBlockGranule - 1) / kBlockGranule * kBlockGranule;
+    auto block = std::make_unique<Block>(Block{nullptr, rounded});  // before any memory is taken
     Cache& c = cache();
-    void* data = nullptr;
     {
       std::lock_guard<std::mutex> lock(c.mutex);
-      auto it = c.free_blocks.find(rounded);
-      if (it != c.free_blocks.end()) {
-        data = it->second;
-        c.free_blocks.erase(it);
-        c.free_bytes -= static_cast<int64_t>(rounded);
+      block->data = c.take(rounded);
+      if (block->data != nullptr) {
         ++c.hits;
+        c.used_bytes += static_cast<int64_t>(rounded);
       }
     }
-    if (data == nullptr) {
-      data = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (block->data == nullptr) {
+      void* data = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (data == MAP_FAILED) return c10::GetCPUAllocator()->allocate(bytes);
+      block->data = data;
       std::lock_guard<std::mutex> lock(c.mutex);
       ++c.maps;
-    }
-    {
-      std::lock_guard<std::mutex> lock(c.mutex);
       c.used_bytes += static_cast<int64_t>(rounded);
     }
-    return {data, new Block{data, rounded}, &return_block, c10::Device(c10::DeviceType::CPU)};
+    void* data = block->data;
+    return {data, block.release(), &return_block, c10::Device(c10::DeviceType::CPU)};
+  }
+  // Simple (context carries the block, the data pointer is the block's start) for the blocks
+  // of this cache, and for torch's CPU allocator's own where a small request went there; so
+  // copy-on-write clones (torch._lazy_clone) work on these tensors.
+  bool is_simple_data_ptr(const c10::DataPtr& data_ptr) const override {
+    return data_ptr.get_deleter() == &return_block || data_ptr.get() == data_ptr.get_context();
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -115,9 +168,11 @@ OutputAllocator& output_allocator() {
 at::Tensor empty_output(c10::SymIntArrayRef sym_sizes, const at::TensorOptions& options) {
   TORCH_INTERNAL_ASSERT(options.device().is_cpu());
   const c10::IntArrayRef sizes = C10_AS_INTARRAYREF_SLOW(sym_sizes);
-  int64_t elements = 1;
-  for (const int64_t size : sizes) elements *= size;
-  const int64_t bytes = elements * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  int64_t bytes = static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
+  for (const int64_t size : sizes) {
+    // an impossible size: at::empty raises its own error for it
+    if (size < 0 || __builtin_mul_overflow(bytes, size, &bytes)) return at::empty(sizes, options);
+  }
   int64_t limit = 0;
   {
     Cache& c = cache();
@@ -132,7 +187,7 @@ at::Tensor empty_output(c10::SymIntArrayRef sym_sizes, const at::TensorOptions& 
 OutputCacheStats output_cache_stats() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
-  return {c.free_bytes, static_cast<int64_t>(c.free_blocks.size()), c.used_bytes, c.limit_bytes, c.hits, c.maps};
+  return {c.free_bytes, static_cast<int64_t>(c.free_by_age.size()), c.used_bytes, c.limit_bytes, c.hits, c.maps};
 }
 
 void release_output_cache() {
@@ -140,8 +195,9 @@ void release_output_cache() {
   {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    for (const auto& [bytes, data] : c.free_blocks) blocks.push_back({data, bytes});
-    c.free_blocks.clear();
+    for (const auto& [age, block] : c.free_by_age) blocks.push_back(block);
+    c.free_by_age.clear();
+    c.free_by_size.clear();
     c.free_bytes = 0;
   }
   unmap_all(blocks);
