@@ -11,8 +11,9 @@
 // of back to the kernel; the next output of that size takes it, with its pages still mapped.
 // The tensor is an ordinary resizable CPU tensor (its storage's allocator is this cache).
 // Bounded: free blocks are kept up to a limit (PYLIBNN_CPU_OUTPUT_CACHE_MB, default 512; 0
-// turns the cache off), beyond which a freed block is unmapped; blocks in use by live tensors
-// are the caller's memory, as with any output. release_output_cache() unmaps the free ones
+// turns the cache off); a block freed at the limit evicts (unmaps) the oldest free ones, so
+// when the shapes change the new sizes replace the old. Blocks in use by live tensors are the
+// caller's memory, as with any output. release_output_cache() unmaps the free ones
 // (pylibnn._C.release_cpu_output_cache), output_cache_stats() reports.
 #pragma once
 
