@@ -364,7 +364,9 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
         T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
         const int64_t full_rows = a_in_place ? mc / mr * mr : 0;
         if (a_in_place) {
-          if (full_rows < mc) pack_a_block(k, a, ic + full_rows, mc - full_rows, pc, kc, mr, packed_a + full_rows * kc, static_cast<T*>(nullptr));
+          T* no_sums = nullptr;  // summed from A itself below
+          if (full_rows < mc)
+            pack_a_block(k, a, ic + full_rows, mc - full_rows, pc, kc, mr, packed_a + full_rows * kc, no_sums);
           if (sums) {
             for (int64_t p = 0; p < kc; ++p)
               for (int64_t i = 0; i < mc; ++i) sums[i] += a(ic + i, pc + p);

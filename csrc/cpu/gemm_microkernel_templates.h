@@ -46,7 +46,8 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
     // computed as an integer, not as an out-of-range pointer.
     const auto b_ahead = reinterpret_cast<uintptr_t>(b) + kPrefetchSteps * ldb * sizeof(typename V::Scalar);
 #pragma GCC unroll 4
-    for (int64_t offset = 0; offset < b_row_bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const void*>(b_ahead + offset), 0, 3);
+    for (int64_t offset = 0; offset < b_row_bytes; offset += 64)
+      __builtin_prefetch(reinterpret_cast<const void*>(b_ahead + offset), 0, 3);
     if (a_col_stride != MR) {  // A in place: MR values of a row far from the last one
       const auto a_ahead = reinterpret_cast<uintptr_t>(a) + kPrefetchSteps * a_col_stride * sizeof(typename V::Scalar);
       __builtin_prefetch(reinterpret_cast<const void*>(a_ahead), 0, 3);
@@ -70,7 +71,8 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
 // panel: lda = MR).
 template <typename V, int MR, int NV>
 void broadcast_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const typename V::Scalar* b,
-                      int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate, const typename V::Scalar* bias) {
+                      int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate,
+                      const typename V::Scalar* bias) {
   using Vec = typename V::Vec;
   // The C tile is read and written only after the k loop; ask for its lines now so that
   // the misses overlap with the FMAs instead of stalling the stores.
