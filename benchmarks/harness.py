@@ -20,6 +20,7 @@ widens).
 Without a compiler, numpy's best measured GFLOP/s stands in (the report says which).
 """
 
+import ctypes
 import datetime
 import math
 import os
@@ -112,6 +113,45 @@ def profile_summary(profile):
     return f"{profile.get('name')} ({profile.get('origin')}; {params}; {profile.get('measured')})"
 
 
+# OpenBLAS's thread-count entry points, by build: numpy's wheels (scipy-openblas, 64-bit
+# integers), scipy-openblas32, a plain OpenBLAS.
+_OPENBLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                         "openblas_set_num_threads64_", "openblas_set_num_threads")
+_OPENBLAS_GET_THREADS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                         "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def _loaded_openblas():
+    """numpy's OpenBLAS, as loaded in this process (found by its path in /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def set_numpy_threads(threads):
+    """Runs numpy's OpenBLAS on `threads` threads, so that numpy is measured on the cores torch
+    and pylibnn get: a --threads 1 run otherwise compared them against numpy on all of them
+    (2048^3 float32 on 2 cores: OpenBLAS 263-315 GFLOP/s, 144-153 on one). Returns the count
+    OpenBLAS then reports, or None where its entry points were not found (numpy unpinned)."""
+    lib = _loaded_openblas()
+    if lib is None:
+        return None
+    setter = next((getattr(lib, n) for n in _OPENBLAS_SET_THREADS if hasattr(lib, n)), None)
+    getter = next((getattr(lib, n) for n in _OPENBLAS_GET_THREADS if hasattr(lib, n)), None)
+    if setter is None:
+        return None
+    setter(ctypes.c_int(int(threads)))
+    return int(getter()) if getter is not None else int(threads)
+
+
 def machine_info(device):
     info = {
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -159,6 +199,7 @@ def machine_info(device):
             info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
         except Exception:  # noqa: BLE001
             info["numpy_blas"] = "unknown"
+        info["numpy_threads"] = set_numpy_threads(torch.get_num_threads())
     return info
 
 
@@ -167,8 +208,13 @@ def describe(info):
     if info["device"] == "cuda":
         parts.append(f"GPU: {info['gpu']} (CUDA {info['cuda']}, TF32 matmul {info['tf32']}, "
                      f"pylibnn CUDA {info.get('pylibnn_cuda')} arch '{info.get('pylibnn_cuda_arch')}')")
+    numpy_threads = ""
+    if info["device"] != "cuda":
+        numpy_threads = (f", {info['numpy_threads']} thread{'s' if info['numpy_threads'] != 1 else ''} like torch"
+                         if info.get("numpy_threads")
+                         else ", threads not pinned (OpenBLAS's entry points not found)")
     parts.append(f"torch {info['torch']}; numpy {info['numpy']}"
-                 + (f" ({info['numpy_blas']})" if "numpy_blas" in info else ""))
+                 + (f" ({info['numpy_blas']}{numpy_threads})" if "numpy_blas" in info else ""))
     parts.append(f"pylibnn CPU ISA: {info['pylibnn_isa']}"
                  + (f", bfloat16 kernel {info['pylibnn_bf16_kernel']}" if info.get("pylibnn_bf16_kernel") else "")
                  + (f" ({info['pylibnn_build']})" if info.get("pylibnn_build") else ""))

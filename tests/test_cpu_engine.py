@@ -434,7 +434,9 @@ def test_bf16_kernel_environment_override():
 
 
 BF16_KERNEL_CASES = WIDENED_CASES + [
-    (64, 1024, 96, "plain"),        # whole AMX tiles, K a multiple of 32
+    (64, 1024, 96, "plain"),        # whole AMX tiles, K a multiple of 32; rows 2 KiB apart: A packed
+    (64, 1056, 96, "plain"),        # ... rows 2112 bytes apart: A read in place
+    (20, 1024, 70, "b_transposed"), # M < N but W^T's rows 2 KiB apart: not swapped, both packed
     (70, 33, 40, "plain"),          # K one past a k-block: padded to 64 (AMX) / 34 (pairs)
     (33, 2, 31, "b_transposed"),    # one pair
     (100, 129, 67, "a_transposed"), # pair-interleaving loads of A, rows past the tile
