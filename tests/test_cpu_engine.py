@@ -367,12 +367,15 @@ def check_gemm_rounds_once(M, K, N, layout, dtype, what):
     elif layout == "row_padded":  # rows of A further apart than K, at an odd offset
         a = make_tensor((M, K + 7), dtype, "cpu", seed + 3)[:, 3:K + 3]
         b = b.t().contiguous().t()
-    c, sums = _C.cpu_gemm(a, b, bias, True)
     a64, b64, bias64 = a.double(), b.double(), bias.double()
     exact = a64 @ b64 + bias64
     magnitude = a64.abs() @ b64.abs() + bias64.abs()
+    c, sums = _C.cpu_gemm(a, b, bias, True)
     assert_rounded_once(c, exact, magnitude, K, dtype, f"C {what}")
     assert_rounded_once(sums, a64.sum(1), a64.abs().sum(1), K, dtype, f"row sums {what}")
+    # Without row sums A may be read in place (the row sums are taken from packed panels)
+    c, _ = _C.cpu_gemm(a, b, bias)
+    assert_rounded_once(c, exact, magnitude, K, dtype, f"C without row sums {what}")
 
 
 # --------------------------------------------------------------------------- bfloat16 kernels
@@ -434,9 +437,10 @@ def test_bf16_kernel_environment_override():
 
 
 BF16_KERNEL_CASES = WIDENED_CASES + [
-    (64, 1024, 96, "plain"),        # whole AMX tiles, K a multiple of 32; rows 2 KiB apart: A packed
-    (64, 1056, 96, "plain"),        # ... rows 2112 bytes apart: A read in place
-    (20, 1024, 70, "b_transposed"), # M < N but W^T's rows 2 KiB apart: not swapped, both packed
+    (64, 1024, 96, "plain"),        # whole AMX tiles, K a multiple of 32; 3 B panels: A in place
+    (64, 1024, 160, "plain"),       # ... rows 2 KiB apart and 5 B panels: A packed
+    (64, 1056, 160, "plain"),       # ... rows 2112 bytes apart: A in place
+    (20, 1024, 140, "b_transposed"), # the swapped product below, W^T in place with rows 2 KiB apart
     (70, 33, 40, "plain"),          # K one past a k-block: padded to 64 (AMX) / 34 (pairs)
     (33, 2, 31, "b_transposed"),    # one pair
     (100, 129, 67, "a_transposed"), # pair-interleaving loads of A, rows past the tile

@@ -9,8 +9,8 @@
 //               (each is two multiply-adds per lane, products exact, sums in float32).
 //   amx:        32 x 32 tile in four 16 x 16 float32 tile registers, kept there for all of K.
 //               A row-major (a tile row is 32 k steps of one row: A is read in place when it
-//               is contiguous along k and its rows are not a multiple of 2 KiB apart, else
-//               packed into rows), B in pairs (G = 2: a 16-pair x
+//               is contiguous along k, unless its rows are a multiple of 2 KiB apart and
+//               several B panels reuse it; else packed into rows), B in pairs (G = 2: a 16-pair x
 //               16-column block is one tile); per 32 k steps, 2 A and 2 B tile loads feed 4
 //               tdpbf16ps (16 x 16 x 32 multiply-adds each).
 // Packing moves 16 lines x 32 k steps at a time as 16 vectors of 32-bit words (pairs of

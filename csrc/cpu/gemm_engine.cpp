@@ -601,7 +601,7 @@ struct WideningPanels {
   }
   int64_t a_panel_elements(int64_t depth) const { return kernel.mr * depth; }
   int64_t a_panel_stride(int64_t) const { return 0; }  // the micro-kernel's panels have no rows
-  bool reads_a_in_place(const MatrixView<In>&, int64_t, bool) const { return false; }
+  bool reads_a_in_place(const MatrixView<In>&, int64_t, bool, int64_t) const { return false; }
   void multiply(int64_t depth, const Packed* a, int64_t, const Packed* b, float* tile, const float* bias) const {
     kernel.run(depth, a, kernel.mr, b, kernel.nr, tile, kernel.nr, false, bias);
   }
@@ -616,6 +616,8 @@ struct WideningPanels {
       for (int64_t q = 0; q < cols; ++q) dst[r * ld + q] = In(tile[r * kernel.nr + q]);
   }
 };
+
+constexpr int64_t kPackAliasedAMinPanels = 4;  // NativeBf16Panels::reads_a_in_place
 
 struct NativeBf16Panels {
   using Packed = uint16_t;
@@ -639,17 +641,22 @@ struct NativeBf16Panels {
     return kernel.a_rows ? kernel.mr * a_panel_stride(depth) : kernel.mr * depth;
   }
   // Row-major A (x in the forward, grad_output in grad_input) is read by the kernel in place
-  // when no step past K needs zeros: no packing of A at all, only of B. Not when its rows
-  // lie a multiple of 2 KiB apart (K = 1024, 2048, ...): a 32-row panel's lines then fall
-  // into two of L1's 64 sets, 16 lines to a 12-way set, and each k block misses. A packed
-  // panel's rows are kBf16RowPadding longer. Emerald Rapids, AMX, one thread: a 512 x 1024
-  // by 1024 x 1024 block loop 590-610 -> 655-662 GFLOP/s (rows 2048 -> 2112 bytes apart,
-  // best of 15, three runs); the 2048^3 forward's best of 21 +10% in three runs (medians
-  // within the AMX unit's noise, which is shared with the other hyperthread).
-  bool reads_a_in_place(const MatrixView<c10::BFloat16>& a, int64_t K, bool row_sums) const {
+  // when no step past K needs zeros: no packing of A at all, only of B. Except where its
+  // rows lie a multiple of 2 KiB apart (K = 1024, 2048, ...) and at least
+  // kPackAliasedAMinPanels B panels reuse each A panel: a 32-row panel's lines then fall into
+  // two of L1's 64 sets, 16 lines to a 12-way set, and a packed copy (rows kBf16RowPadding
+  // longer) pays for itself. Where A panels serve one or two B panels (the swapped thin
+  // forward, W read in place against x^T) packing W would cost more than it saves.
+  // Emerald Rapids, AMX, one thread, against torch in the same process (medians of 15):
+  // 2048^3 forward 1.05-1.06x -> 1.13-1.40x, 4096 x 1024 -> 4096 0.99-1.13x -> 1.06-1.22x,
+  // 1024^3 0.97-1.04x -> 0.94-1.01x; packing also for one B panel took the 1 x 4096 -> 4096
+  // and 8 x 4096 -> 4096 forward from 1.58x to 0.88x.
+  bool reads_a_in_place(const MatrixView<c10::BFloat16>& a, int64_t K, bool row_sums, int64_t b_panels) const {
     const bool rows_share_sets = (a.row_stride * static_cast<int64_t>(sizeof(Packed))) % 2048 == 0;
-    return kernel.a_rows && a.col_stride == 1 && K == packed_depth(K) && !row_sums && !rows_share_sets;
+    const bool pack_instead = rows_share_sets && b_panels >= kPackAliasedAMinPanels;
+    return kernel.a_rows && a.col_stride == 1 && K == packed_depth(K) && !row_sums && !pack_instead;
   }
+
   void multiply(int64_t depth, const Packed* a, int64_t lda, const Packed* b, float* tile, const float* bias) const {
     kernel.run(depth, a, lda, b, tile, bias);
   }
@@ -717,7 +724,7 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   const bool b_private = m_blocks == 1;
   Packed* packed_b = b_private ? nullptr : scratch_for<Packed>(ScratchSlot::PackedB, depth * round_up(std::min(N, nc), nr));
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
-  const bool a_in_place = panels.reads_a_in_place(a, K, sums != nullptr);
+  const bool a_in_place = panels.reads_a_in_place(a, K, sums != nullptr, ceil_div(N, nr));
   const int64_t a_panel_elements = panels.a_panel_elements(depth);
 
   for (int64_t jc = 0; jc < N; jc += nc) {
@@ -901,7 +908,7 @@ void gemm_widened(const GemmArgs<In>& args) {
       // Pack the smaller operand: where B^T could be read in place (the forward's W) and
       // M < N, run the swapped product C^T = B^T A^T (x is packed, W is not).
       const MatrixView<In> b_t = args.b.transposed();
-      if (M < N && panels.transposes_tiles() && panels.reads_a_in_place(b_t, K, args.a_row_sums != nullptr)) {
+      if (M < N && panels.transposes_tiles() && panels.reads_a_in_place(b_t, K, args.a_row_sums != nullptr, ceil_div(M, panels.nr()))) {
         GemmArgs<In> swapped = args;
         swapped.a = b_t;
         swapped.b = args.a.transposed();
