@@ -46,6 +46,9 @@ GROUPS = {
     # outer-product path for grad_weight of a batch of `depth` rows
     "stream_max_depth": ("stream_max_depth", [0, 4, 8, 16], ["bwd:1x1024x1024", "bwd:4x1024x1024",
                                                             "bwd:8x1024x1024", "bwd:16x1024x1024"]),
+    # non-temporal stores of the outer product's C (grad_weight of a thin batch) from this size on
+    "write_once_min_bytes": ("write_once_min_bytes", [1 << 20, 8 << 20, 32 << 20, 1 << 62],
+                             ["bwd:1x1024x1024", "bwd:1x2048x2048", "bwd:1x4096x4096", "bwd:8x4096x4096"]),
     "gemv_max_rows": ("gemv_max_rows", [0, 1, 2, 4], ["bwd:1x4096x4096", "bwd:2x2048x2048", "bwd:4x2048x2048"]),
     # one thread region per call for small products
     "small_max_madds": ("small_max_madds", [0, 1 << 18, 1 << 21, 1 << 24],

@@ -125,8 +125,13 @@ PATH_CASES = [
     ("outer+gemv", (1, 300, 517), {"gemv_cols": 64}),
     ("outer+gemv", (3, 129, 70), {}),
     ("outer+gemv", (4, 1000, 33), {"gemv_cols": 64}),
-    # outer with depth > 4 (C reloaded between steps of 4 along k)
+    # outer with depth > 8 (C reloaded between steps of 8 along k)
     ("outer-deep", (13, 77, 300), {"stream_max_depth": 16}),
+    # outer with C written by non-temporal stores (rows of 336 elements: whole lines, and a
+    # partial last vector in plain stores), depth 1, 8 and 13 (only the last step streams)
+    ("outer-write-once", (1, 336, 517), {"write_once_min_bytes": 0}),
+    ("outer-write-once", (8, 336, 70), {"write_once_min_bytes": 0}),
+    ("outer-write-once", (13, 320, 33), {"write_once_min_bytes": 0, "stream_max_depth": 16}),
     # blocked, one thread region (small), split along M (M >= N) and along N (M < N)
     ("small", (64, 64, 64), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
     ("small", (100, 70, 50), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),

@@ -184,6 +184,7 @@ constexpr Parameter kParameters[] = {
     {"dot_min_depth", &CpuProfile::dot_min_depth},
     {"dot_thin_rows", &CpuProfile::dot_thin_rows},
     {"a_in_place_max_panels", &CpuProfile::a_in_place_max_panels},
+    {"write_once_min_bytes", &CpuProfile::write_once_min_bytes},
     {"parallel_min_madds", &CpuProfile::parallel_min_madds},
     {"small_max_madds", &CpuProfile::small_max_madds},
     {"bf16_block_bytes", &CpuProfile::bf16_block_bytes},

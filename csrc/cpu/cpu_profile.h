@@ -54,6 +54,13 @@ struct CpuProfile {
   // against torch: 1024 x 128 -> 128 0.71x -> 0.82x, 1024 x 128 -> 512 0.79x -> 0.88x; 32
   // panels (1024^3) in place fell to 0.73x.
   int64_t a_in_place_max_panels = 8;
+  // The outer path (gemm_engine.cpp) writes C by non-temporal stores from this many bytes
+  // of C on (a store that misses reads its line first, so a C far larger than the caches cost
+  // twice its bytes in memory traffic). Emerald Rapids, one thread, the M = 1 fwd+bwd
+  // followed by an SGD step reading grad_weight: 4 MiB 1.78 -> 1.58 ms and 2.01 -> 1.94 ms
+  // (two runs), 16 MiB 7.06 -> 5.95 ms, 64 MiB 37.3 -> 31.5 ms; fwd+bwd alone, 64 MiB
+  // 24.1 -> 18.8 ms. 8 MiB keeps a C that L2 and a slice of L3 could hold cached for its reader.
+  int64_t write_once_min_bytes = 8 << 20;
   // Path thresholds (gemm_engine.cpp applies them in this order).
   int64_t direct_max_madds = 4096;     // reference loop at or below this many multiply-adds
   int64_t stream_max_depth = 4;        // outer-product path for depth (K of the product) <= this

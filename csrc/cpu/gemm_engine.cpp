@@ -6,7 +6,8 @@
 //            packing, no threads
 //   outer    K <= stream_max_depth and B's rows contiguous (grad_weight = dy^T x for a batch
 //            of 1..4): each row of C is sum_p A(i, p) B(p, :) streamed in one pass, with the
-//            row sums of A (grad_bias) from the same pass; C written once
+//            row sums of A (grad_bias) from the same pass; C written once, by non-temporal
+//            stores when it is at least write_once_min_bytes
 //   gemv     M <= gemv_max_rows and B's rows contiguous (grad_input = dy W for 1..4 rows):
 //            W read once, row by row, into column blocks of C kept in L1
 //   dot      A's rows and B's columns contiguous along k, M <= dot_max_rows (float32 rows:
@@ -237,13 +238,19 @@ void gemm_outer(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& 
   const bool parallel = multiply_adds(M, N, std::max<int64_t>(K, 4)) >= profile.parallel_min_madds;
   const bool epilogue = has_epilogue(args);
   const int64_t groups = ceil_div(M, 4);
+  // C written by non-temporal stores from write_once_min_bytes on, where nothing here reads
+  // it back: a store that misses first reads its line for ownership, so a 64 MiB
+  // grad_weight otherwise cost 128 MiB of memory traffic.
+  const bool write_once = !epilogue && M * N * static_cast<int64_t>(sizeof(T)) >= profile.write_once_min_bytes &&
+                          reinterpret_cast<uintptr_t>(args.c) % 64 == 0 &&
+                          (args.ldc * static_cast<int64_t>(sizeof(T))) % 64 == 0;
   // A chunk of at least 64 KiB of C per thread hand-off.
   const int64_t grain = parallel ? std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(4 * N, 1)) : groups;
   at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t i = g * 4, rows = std::min<int64_t>(4, M - i);
       k.stream(K, &a(i, 0), a.row_stride, a.col_stride, rows, b.data, b.row_stride, N, args.c + i * args.ldc,
-               args.ldc, bias);
+               args.ldc, bias, write_once);
       if (args.a_row_sums) direct_row_sums(a, i, rows, args.a_row_sums);
       if (epilogue) gemm_epilogue(args, i, 0, rows, N);
     }
@@ -266,7 +273,7 @@ void gemm_gemv(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& p
     for (int64_t jb = begin; jb < end; ++jb) {
       const int64_t j = jb * block, cols = std::min(block, N - j);
       k.stream(K, a.data, a.row_stride, a.col_stride, M, &b(0, j), b.row_stride, cols, args.c + j, args.ldc,
-               bias ? bias + j : nullptr);
+               bias ? bias + j : nullptr, false);
       if (epilogue) gemm_epilogue(args, 0, j, M, cols);
     }
   });

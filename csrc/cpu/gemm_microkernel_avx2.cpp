@@ -39,6 +39,7 @@ struct Float32x8 {
   static Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
   static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+  static void store_write_once(float* p, Vec v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
   static void store_first(float* p, Vec v, int64_t n) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lane), v);
@@ -112,6 +113,7 @@ struct Float64x4 {
   static Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_pd(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm256_add_pd(a, b); }
   static void store(double* p, Vec v) { _mm256_storeu_pd(p, v); }
+  static void store_write_once(double* p, Vec v) { _mm256_stream_pd(p, v); }  // p 32-byte aligned
   static void store_first(double* p, Vec v, int64_t n) {
     const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
     _mm256_maskstore_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lane), v);

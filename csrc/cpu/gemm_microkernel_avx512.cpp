@@ -38,6 +38,7 @@ struct Float32x16 {
   static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
   static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static void store_write_once(float* p, Vec v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static void store_first(float* p, Vec v, int64_t n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }
   // 16 bfloat16 (the high half of a float32) or float16 values to float32.
   template <bool kHalf>
@@ -82,6 +83,7 @@ struct Float64x8 {
   static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
   static Vec add(Vec a, Vec b) { return _mm512_add_pd(a, b); }
   static void store(double* p, Vec v) { _mm512_storeu_pd(p, v); }
+  static void store_write_once(double* p, Vec v) { _mm512_stream_pd(p, v); }  // p 64-byte aligned
   static void store_first(double* p, Vec v, int64_t n) { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
   // 8 x 8 transpose: pairs of rows interleaved (unpack), then two rounds of two-source
   // permutes (permutex2var) regrouping pairs and then halves.

@@ -129,10 +129,11 @@ void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride
   }
 }
 
-// Rows of C updated by whole rows of B, k in steps of 4 (the SIMD sets' order of operations).
+// Rows of C updated by whole rows of B, k in order (the SIMD sets' order of operations).
+// write_once is a hint only (plain stores here).
 template <typename T>
 void stream_kernel(int64_t depth, const T* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows, const T* b,
-                   int64_t ldb, int64_t cols, T* c, int64_t ldc, const T* bias) {
+                   int64_t ldb, int64_t cols, T* c, int64_t ldc, const T* bias, bool /*write_once*/) {
   for (int64_t i = 0; i < rows; ++i) {
     T* ci = c + i * ldc;
     for (int64_t j = 0; j < cols; ++j) ci[j] = bias ? bias[j] : T(0);

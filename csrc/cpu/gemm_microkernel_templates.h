@@ -253,18 +253,21 @@ void pack_widened(const uint16_t* src, int64_t line_stride, int64_t depth_stride
 
 // Row-streaming kernel (gemm_microkernels.h, StreamKernelFn, StreamWidenKernelFn): up to 4
 // rows of C by NV vectors of columns in registers (4 zmm: 16 accumulators of 32; 2 ymm: 8 of
-// 16), k in steps of 4 with C reloaded between steps.
+// 16), k in steps of 8 with C reloaded between steps. With write_once the last step's
+// whole vectors go out by non-temporal stores (V::store_write_once), fenced before return so
+// that other threads see them once the caller's parallel region ends.
 template <typename V, int R, typename BT, bool kHalf>
 void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
                  const BT* b, int64_t ldb, int64_t cols, typename V::Scalar* c, int64_t ldc,
-                 const typename V::Scalar* bias) {
+                 const typename V::Scalar* bias, bool write_once) {
   using Scalar = typename V::Scalar;
   using Vec = typename V::Vec;
   constexpr int64_t L = V::lanes;
-  constexpr int64_t kStep = 4;
+  constexpr int64_t kStep = 8;
   constexpr int NV = L >= 16 ? 4 : 2;
   for (int64_t p0 = 0; p0 < depth || p0 == 0; p0 += kStep) {
     const int64_t steps = std::min<int64_t>(kStep, depth - p0);
+    const bool last_write = write_once && p0 + kStep >= depth;
     Scalar av[R][kStep];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i)
@@ -290,10 +293,17 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
           for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
         }
       }
+      if (last_write) {
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i)
+        for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) V::store(c + i * ldc + j + v * L, acc[i][v]);
+          for (int v = 0; v < NV; ++v) V::store_write_once(c + i * ldc + j + v * L, acc[i][v]);
+      } else {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) V::store(c + i * ldc + j + v * L, acc[i][v]);
+      }
     }
     for (; j < cols; j += L) {  // the last columns, one (possibly partial) vector at a time
       const int64_t n = std::min<int64_t>(L, cols - j);
@@ -311,17 +321,18 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
     }
     if (depth == 0) break;
   }
+  if (write_once) _mm_sfence();
 }
 
 template <typename V, typename BT = typename V::Scalar, bool kHalf = false>
 void stream_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_stride, int64_t a_col_stride,
                    int64_t rows, const BT* b, int64_t ldb, int64_t cols, typename V::Scalar* c, int64_t ldc,
-                   const typename V::Scalar* bias) {
+                   const typename V::Scalar* bias, bool write_once) {
   switch (rows) {
-    case 1: return stream_rows<V, 1, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
-    case 2: return stream_rows<V, 2, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
-    case 3: return stream_rows<V, 3, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
-    default: return stream_rows<V, 4, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias);
+    case 1: return stream_rows<V, 1, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias, write_once);
+    case 2: return stream_rows<V, 2, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias, write_once);
+    case 3: return stream_rows<V, 3, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias, write_once);
+    default: return stream_rows<V, 4, BT, kHalf>(depth, a, a_row_stride, a_col_stride, b, ldb, cols, c, ldc, bias, write_once);
   }
 }
 
@@ -329,7 +340,7 @@ void stream_kernel(int64_t depth, const typename V::Scalar* a, int64_t a_row_str
 template <typename V, bool kHalf>
 void stream_widened(int64_t depth, const float* a, int64_t a_row_stride, int64_t a_col_stride, int64_t rows,
                     const uint16_t* b, int64_t ldb, int64_t cols, float* c, int64_t ldc, const float* bias) {
-  stream_kernel<V, uint16_t, kHalf>(depth, a, a_row_stride, a_col_stride, rows, b, ldb, cols, c, ldc, bias);
+  stream_kernel<V, uint16_t, kHalf>(depth, a, a_row_stride, a_col_stride, rows, b, ldb, cols, c, ldc, bias, false);
 }
 
 }  // namespace
