@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import (HERE, PYLIBNN_IMPORT_ERROR, Timer, bench_case, describe, fmt, gfmt, log,
-                                machine_info, measure_ceilings, fma_probe, np, pylibnn, shared_machine_caution)
+                                machine_info, measure_ceilings, fma_probe, np, pylibnn, set_numpy_threads,
+                                shared_machine_caution)
 
 import torch  # noqa: E402  (after harness, which sets OpenBLAS's environment before numpy loads)
 import torch.nn.functional as F  # noqa: E402
@@ -412,6 +413,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_numpy_threads(torch.get_num_threads())  # numpy measured on the cores torch gets
     if args.device == "cuda" and not torch.cuda.is_available():
         log("--device cuda: no CUDA GPU visible to torch")
         return 2

@@ -136,20 +136,27 @@ def _loaded_openblas():
     return None
 
 
+def _openblas_entry(names):
+    lib = _loaded_openblas()
+    return next((getattr(lib, n) for n in names if hasattr(lib, n)), None) if lib is not None else None
+
+
+def numpy_threads():
+    """The thread count numpy's OpenBLAS runs on now; None where its entry point is not found."""
+    getter = _openblas_entry(_OPENBLAS_GET_THREADS)
+    return int(getter()) if getter is not None else None
+
+
 def set_numpy_threads(threads):
     """Runs numpy's OpenBLAS on `threads` threads, so that numpy is measured on the cores torch
     and pylibnn get: a --threads 1 run otherwise compared them against numpy on all of them
     (2048^3 float32 on 2 cores: OpenBLAS 263-315 GFLOP/s, 144-153 on one). Returns the count
     OpenBLAS then reports, or None where its entry points were not found (numpy unpinned)."""
-    lib = _loaded_openblas()
-    if lib is None:
-        return None
-    setter = next((getattr(lib, n) for n in _OPENBLAS_SET_THREADS if hasattr(lib, n)), None)
-    getter = next((getattr(lib, n) for n in _OPENBLAS_GET_THREADS if hasattr(lib, n)), None)
+    setter = _openblas_entry(_OPENBLAS_SET_THREADS)
     if setter is None:
         return None
     setter(ctypes.c_int(int(threads)))
-    return int(getter()) if getter is not None else int(threads)
+    return numpy_threads()
 
 
 def machine_info(device):
@@ -199,7 +206,7 @@ def machine_info(device):
             info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
         except Exception:  # noqa: BLE001
             info["numpy_blas"] = "unknown"
-        info["numpy_threads"] = set_numpy_threads(torch.get_num_threads())
+        info["numpy_threads"] = numpy_threads()
     return info
 
 
@@ -210,9 +217,9 @@ def describe(info):
                      f"pylibnn CUDA {info.get('pylibnn_cuda')} arch '{info.get('pylibnn_cuda_arch')}')")
     numpy_threads = ""
     if info["device"] != "cuda":
-        numpy_threads = (f", {info['numpy_threads']} thread{'s' if info['numpy_threads'] != 1 else ''} like torch"
-                         if info.get("numpy_threads")
-                         else ", threads not pinned (OpenBLAS's entry points not found)")
+        n = info.get("numpy_threads")
+        numpy_threads = (f", {n} thread{'s' if n != 1 else ''}" if n
+                         else ", thread count unknown (OpenBLAS's entry points not found)")
     parts.append(f"torch {info['torch']}; numpy {info['numpy']}"
                  + (f" ({info['numpy_blas']}{numpy_threads})" if "numpy_blas" in info else ""))
     parts.append(f"pylibnn CPU ISA: {info['pylibnn_isa']}"

@@ -624,11 +624,10 @@ struct WideningPanels {
   }
 };
 
-constexpr int64_t kPackAliasedAMinPanels = 4;  // NativeBf16Panels::reads_a_in_place
-
 struct NativeBf16Panels {
   using Packed = uint16_t;
   static constexpr bool kNative = true;
+  static constexpr int64_t kPackAliasedAMinPanels = 4;  // reads_a_in_place
   const Bf16Kernel& kernel;
   int64_t mr() const { return kernel.mr; }
   int64_t nr() const { return kernel.nr; }

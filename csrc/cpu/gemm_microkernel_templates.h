@@ -293,17 +293,14 @@ void stream_rows(int64_t depth, const typename V::Scalar* a, int64_t a_row_strid
           for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
         }
       }
-      if (last_write) {
 #pragma GCC unroll 4
-        for (int i = 0; i < R; ++i)
+      for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) V::store_write_once(c + i * ldc + j + v * L, acc[i][v]);
-      } else {
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) V::store(c + i * ldc + j + v * L, acc[i][v]);
-      }
+        for (int v = 0; v < NV; ++v) {
+          Scalar* out = c + i * ldc + j + v * L;
+          if (last_write) V::store_write_once(out, acc[i][v]);
+          else V::store(out, acc[i][v]);
+        }
     }
     for (; j < cols; j += L) {  // the last columns, one (possibly partial) vector at a time
       const int64_t n = std::min<int64_t>(L, cols - j);
