@@ -136,6 +136,13 @@ PATH_CASES = [
     ("small", (64, 64, 64), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
     ("small", (100, 70, 50), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
     ("small", (30, 90, 200), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
+    # small with x's full 12-row panels read in place and a last panel of 8 rows (the 8-row
+    # kernel writing C itself), of 11 rows (the 12-row kernel, through a tile) and of 7 alone
+    # (no panel in place); 28 x 512: float64 rows 4 KiB apart are packed instead
+    ("small-rows", (44, 77, 40), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
+    ("small-rows", (35, 64, 96), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
+    ("small-rows", (7, 40, 33), {"small_max_madds": 1 << 40, "dot_max_rows": 0, "gemv_max_rows": 0}),
+    ("small-rows", (28, 512, 48), {"small_max_madds": 1 << 40, "dot_max_rows": 0}),
     # blocked with shared B packing, tiny blocks: many kc / mc / nc blocks, uneven panels
     ("blocked", (200, 300, 150), {"small_max_madds": 0, "kc": 24, "mc": 24, "nc": 64, "dot_max_rows": 0}),
     ("blocked-thin", (5, 300, 150), {"small_max_madds": 0, "dot_max_rows": 0, "gemv_max_rows": 0,

@@ -33,7 +33,8 @@
 // along k, vector copies where it is contiguous across the panel) reads A and B through
 // their strides (transposed, sliced and stride-0 views alike) and zero-fills the panels past
 // the matrix edge, so the micro-kernel only ever computes full tiles; edge tiles of C are
-// computed into a small buffer and copied out.
+// computed into a small buffer and copied out. The last panel of M % MR rows runs a kernel
+// of fewer rows where the ISA has one (MicroKernel::short_run: 4 or 8 of 12 on AVX-512).
 // Up to single_block_rows rows of A are a single row block. B is then not packed where its
 // rows are contiguous (and not 4 KiB-aliased): the micro-kernel reads it in place; else each
 // B panel is packed by the task that uses it, just before its tiles (private panels).
@@ -41,7 +42,8 @@
 // a_in_place_max_panels panels wide: each packed copy would serve too few B panels.
 // Small products (M*N*K <= small_max_madds, one kc and one nc block) run in one thread
 // region: each task packs its own share of B beside its A block, instead of a region for
-// packing B followed by one for the tiles.
+// packing B followed by one for the tiles. A row-major A (x, grad_output) of a small product
+// is read in place (MicroKernel::run_a_rows) unless its rows are 4 KiB-aliased.
 // The bias is added by the micro-kernel when the last kc block is stored (fused epilogue);
 // the activation epilogue (linear_act_forward) follows on the same tile, still in L1.
 // Row sums of A (grad_bias while packing grad_output^T for grad_weight) are taken from the
@@ -332,6 +334,14 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
   // much per element as a few panels of arithmetic on it (the copy waits on lines of rows far
   // apart). Not for wider C: rows of A 4 KiB apart then share cache sets and thrash.
   const bool a_in_place = a.row_stride == 1 && ceil_div(N, nr) <= profile.a_in_place_max_panels;
+  // A row-major A of a small product (the forward's x, grad_input's grad_output) has its full
+  // MR-row panels read in place too, by the kernel that broadcasts along rows: there packing
+  // is a large share of the call (64^3 float64 forward, perf: 11.6% of the samples in the
+  // packing transposes, 36.4% in the micro-kernel), the panels are used by every B panel
+  // while they are in L1, and a packed panel touches as many lines per k step as the rows do.
+  // Not where the rows lie a multiple of 4 KiB apart: all MR rows then share one L1 set.
+  const bool a_rows_in_place = !a_in_place && small && a.col_stride == 1 && kernel.run_a_rows &&
+                               (a.row_stride * static_cast<int64_t>(sizeof(T))) % 4096 != 0;
   // Otherwise, with a single row block, each B panel is packed by the task that uses it just
   // before its tiles, into private memory that stays in cache; all of B written out to memory
   // and read back cost the M = 48 float64 forward (W 4096 x 4096) 0.80x -> 1.02x torch.
@@ -369,8 +379,8 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
         const int64_t chunk = task % n_chunks;
         T* packed_a = scratch_for<T>(ScratchSlot::PackedA, max_block_rows * kc);
         T* sums = (row_sums_pass && chunk == 0) ? row_sums_pass + ic : nullptr;
-        const int64_t full_rows = a_in_place ? mc / mr * mr : 0;
-        if (a_in_place) {
+        const int64_t full_rows = (a_in_place || a_rows_in_place) ? mc / mr * mr : 0;
+        if (a_in_place || a_rows_in_place) {
           T* no_sums = nullptr;  // summed from A itself below
           if (full_rows < mc)
             pack_a_block(k, a, ic + full_rows, mc - full_rows, pc, kc, mr, packed_a + full_rows * kc, no_sums);
@@ -415,12 +425,22 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
             const int64_t rows = std::min(mr, mc - i0);
             const bool a_row_in_place = i0 < full_rows;
             const T* a_panel = a_row_in_place ? &a(ic + i0, pc) : packed_a + i0 * kc;
-            const int64_t lda = a_row_in_place ? a.col_stride : mr;
+            const int64_t lda = !a_row_in_place ? mr : a_rows_in_place ? a.row_stride : a.col_stride;
             T* c = args.c + (ic + i0) * args.ldc + j;
-            if (rows == mr && cols == nr) {
-              kernel.run(kc, a_panel, lda, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
+            // The last panel of M % MR rows (always packed) runs the shortest kernel that covers it.
+            int64_t kernel_rows = mr;
+            MicroKernelFn<T> run = (a_row_in_place && a_rows_in_place) ? kernel.run_a_rows : kernel.run;
+            for (int s = 0; s < 2 && rows < mr; ++s) {
+              if (kernel.short_rows[s] >= rows && kernel.short_rows[s] < kernel_rows) {
+                kernel_rows = kernel.short_rows[s];
+                run = kernel.short_run[s];
+                break;
+              }
+            }
+            if (rows == kernel_rows && cols == nr) {
+              run(kc, a_panel, lda, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
             } else {
-              kernel.run(kc, a_panel, lda, b_panel, ldb, tile, nr, false, tile_bias);
+              run(kc, a_panel, lda, b_panel, ldb, tile, nr, false, tile_bias);
               for (int64_t r = 0; r < rows; ++r)
                 for (int64_t q = 0; q < cols; ++q) {
                   const T value = tile[r * nr + q];

@@ -128,8 +128,12 @@ struct Float64x8 {
 MicroKernelSet microkernels_avx512() {
   return MicroKernelSet{
       "avx512",
-      MicroKernel<float>{12, 32, &broadcast_kernel<Float32x16, 12, 2>},
-      MicroKernel<double>{12, 16, &broadcast_kernel<Float64x8, 12, 2>},
+      MicroKernel<float>{12, 32, &broadcast_kernel<Float32x16, 12, 2>, {4, 8},
+                         {&broadcast_kernel<Float32x16, 4, 2, 12>, &broadcast_kernel<Float32x16, 8, 2, 12>},
+                         &broadcast_kernel<Float32x16, 12, 2, 12, true>},
+      MicroKernel<double>{12, 16, &broadcast_kernel<Float64x8, 12, 2>, {4, 8},
+                          {&broadcast_kernel<Float64x8, 4, 2, 12>, &broadcast_kernel<Float64x8, 8, 2, 12>},
+                          &broadcast_kernel<Float64x8, 12, 2, 12, true>},
       DotKernel<float>{4, 4, &dot_kernel<Float32x16, 4, 4>},
       DotKernel<double>{4, 4, &dot_kernel<Float64x8, 4, 4>},
       DotKernel<float>{1, 8, &dot_kernel<Float32x16, 1, 8>},

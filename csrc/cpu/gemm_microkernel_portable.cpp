@@ -28,11 +28,12 @@ void multiply_accumulate_tile(int64_t depth, const T* a, int64_t a_row_stride, i
   }
 }
 
-template <typename T, int MR, int NR>
+template <typename T, int MR, int NR, bool kARows = false>
 void broadcast_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
                       bool accumulate, const T* bias) {
   T acc[MR][NR];
-  multiply_accumulate_tile<T, MR, NR>(kc, a, 1, lda, b, ldb, acc);
+  if constexpr (kARows) multiply_accumulate_tile<T, MR, NR>(kc, a, lda, 1, b, ldb, acc);
+  else multiply_accumulate_tile<T, MR, NR>(kc, a, 1, lda, b, ldb, acc);
   for (int i = 0; i < MR; ++i) {
     T* ci = c + i * ldc;
     for (int j = 0; j < NR; ++j) {
@@ -164,8 +165,8 @@ void stream_widened(int64_t depth, const float* a, int64_t a_row_stride, int64_t
 MicroKernelSet microkernels_portable() {
   return MicroKernelSet{
       "portable",
-      MicroKernel<float>{4, 8, &broadcast_kernel<float, 4, 8>},
-      MicroKernel<double>{4, 8, &broadcast_kernel<double, 4, 8>},
+      MicroKernel<float>{4, 8, &broadcast_kernel<float, 4, 8>, {0, 0}, {nullptr, nullptr}, &broadcast_kernel<float, 4, 8, true>},
+      MicroKernel<double>{4, 8, &broadcast_kernel<double, 4, 8>, {0, 0}, {nullptr, nullptr}, &broadcast_kernel<double, 4, 8, true>},
       DotKernel<float>{2, 4, &dot_kernel<float, 2, 4>},
       DotKernel<double>{2, 4, &dot_kernel<double, 2, 4>},
       DotKernel<float>{1, 4, &dot_kernel<float, 1, 4>},

@@ -30,8 +30,9 @@ constexpr int64_t kPrefetchSteps = 16;
 // A(i, p) = a[i * a_row_stride + p * a_col_stride]. MR * NV accumulators stay in registers;
 // per k step NV vectors of B are loaded and each of the MR values of A is broadcast into NV
 // FMAs. Always inlined, so constant strides (a packed panel's 1 and MR) fold into the
-// addressing.
-template <typename V, int MR, int NV>
+// addressing. A packed panel holds PanelRows values per k step (MR, or more for a kernel of
+// fewer rows on the last panel: MicroKernel::short_run); any other a_col_stride is A in place.
+template <typename V, int MR, int NV, int PanelRows = MR>
 __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t depth, const typename V::Scalar* a,
                                                                     int64_t a_row_stride, int64_t a_col_stride,
                                                                     const typename V::Scalar* b, int64_t ldb,
@@ -48,7 +49,7 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
 #pragma GCC unroll 4
     for (int64_t offset = 0; offset < b_row_bytes; offset += 64)
       __builtin_prefetch(reinterpret_cast<const void*>(b_ahead + offset), 0, 3);
-    if (a_col_stride != MR) {  // A in place: MR values of a row far from the last one
+    if (a_row_stride == 1 && a_col_stride != PanelRows) {  // A in place, MR values far from the last ones
       const auto a_ahead = reinterpret_cast<uintptr_t>(a) + kPrefetchSteps * a_col_stride * sizeof(typename V::Scalar);
       __builtin_prefetch(reinterpret_cast<const void*>(a_ahead), 0, 3);
       __builtin_prefetch(reinterpret_cast<const void*>(a_ahead + (MR - 1) * sizeof(typename V::Scalar)), 0, 3);
@@ -68,8 +69,8 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
 }
 
 // Broadcast kernel: an MR x (NV * lanes) tile from MR rows of A, a[p * lda + i] (a packed
-// panel: lda = MR).
-template <typename V, int MR, int NV>
+// panel: lda = PanelRows, MR or more), or with kARows a[i * lda + p] (row-major A in place).
+template <typename V, int MR, int NV, int PanelRows = MR, bool kARows = false>
 void broadcast_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const typename V::Scalar* b,
                       int64_t ldb, typename V::Scalar* c, int64_t ldc, bool accumulate,
                       const typename V::Scalar* bias) {
@@ -82,7 +83,8 @@ void broadcast_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, cons
     __builtin_prefetch(c + i * ldc + NV * V::lanes - 1, 1, 3);
   }
   Vec acc[MR][NV];
-  multiply_accumulate_tile<V, MR, NV>(kc, a, 1, lda, b, ldb, acc);
+  if constexpr (kARows) multiply_accumulate_tile<V, MR, NV, PanelRows>(kc, a, lda, 1, b, ldb, acc);
+  else multiply_accumulate_tile<V, MR, NV, PanelRows>(kc, a, 1, lda, b, ldb, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     typename V::Scalar* ci = c + i * ldc;

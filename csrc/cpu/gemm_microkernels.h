@@ -5,7 +5,8 @@
 //                    + (bias ? bias[j] : 0)                  for i < MR, j < NR, p < kc
 // a is either a packed panel (lda = MR: MR values per k step, zero-padded by the packer, so
 // the kernel never sees a partial tile) or A itself when it is contiguous across rows and
-// MR rows exist (lda = its stride along k). b is either a packed kc x NR panel (ldb = NR)
+// MR rows exist (lda = its stride along k); run_a_rows reads a row-major A in place instead,
+// a[i * lda + p], and short_run computes fewer rows from a packed panel. b is either a packed kc x NR panel (ldb = NR)
 // or B itself when its rows are contiguous (ldb = its row stride) and NR columns exist.
 //
 // Dot kernel, for thin products whose operands are both contiguous along k (the forward
@@ -35,6 +36,15 @@ struct MicroKernel {
   int64_t mr;  // rows of the C tile (broadcast from A)
   int64_t nr;  // columns of the C tile (vector lanes of B)
   MicroKernelFn<T> run;
+  // The same kernel for fewer rows (short_rows[s] < mr, ascending, 0 where there is none),
+  // for the last panel of M % MR rows: it reads the same packed panels (lda = MR) and skips
+  // the padded rows' FMAs. Without it a 64-row product ran a 12-row kernel 6 times, 72 rows
+  // of FMAs for 64.
+  int64_t short_rows[2] = {0, 0};
+  MicroKernelFn<T> short_run[2] = {nullptr, nullptr};
+  // The full kernel reading MR rows of a row-major A in place, A(i, p) = a[i * lda + p]:
+  // small products (the forward's x, grad_input's grad_output) then pack only B.
+  MicroKernelFn<T> run_a_rows = nullptr;
 };
 
 template <typename T>
