@@ -68,6 +68,42 @@ __attribute__((always_inline)) inline void multiply_accumulate_tile(int64_t dept
   }
 }
 
+// The k loop for a row-major A read in place, A(i, p) = a[i * lda + p]: multiply_accumulate_tile
+// with the rows addressed from one pointer per 3 rows plus lda and 2 * lda (x86 addressing:
+// base + index), all advanced together. Computing a + i * lda for 12 rows from one pointer
+// spilled general registers in the k loop.
+template <typename V, int MR, int NV>
+__attribute__((always_inline)) inline void multiply_accumulate_rows(int64_t depth, const typename V::Scalar* a,
+                                                                    int64_t lda, const typename V::Scalar* b,
+                                                                    int64_t ldb, typename V::Vec (&acc)[MR][NV]) {
+  using Scalar = typename V::Scalar;
+  constexpr int kGroups = (MR + 2) / 3;
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  const Scalar* group[kGroups];
+#pragma GCC unroll 8
+  for (int g = 0; g < kGroups; ++g) group[g] = a + 3 * g * lda;
+  constexpr int64_t b_row_bytes = NV * V::lanes * sizeof(Scalar);
+  for (int64_t p = 0; p < depth; ++p) {
+    const auto b_ahead = reinterpret_cast<uintptr_t>(b) + kPrefetchSteps * ldb * sizeof(Scalar);
+#pragma GCC unroll 4
+    for (int64_t offset = 0; offset < b_row_bytes; offset += 64)
+      __builtin_prefetch(reinterpret_cast<const void*>(b_ahead + offset), 0, 3);
+    typename V::Vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::lanes);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const typename V::Vec ai = V::broadcast(group[i / 3] + (i % 3) * lda + p);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+    }
+    b += ldb;
+  }
+}
+
 // Broadcast kernel: an MR x (NV * lanes) tile from MR rows of A, a[p * lda + i] (a packed
 // panel: lda = PanelRows, MR or more), or with kARows a[i * lda + p] (row-major A in place).
 template <typename V, int MR, int NV, int PanelRows = MR, bool kARows = false>
@@ -83,7 +119,7 @@ void broadcast_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, cons
     __builtin_prefetch(c + i * ldc + NV * V::lanes - 1, 1, 3);
   }
   Vec acc[MR][NV];
-  if constexpr (kARows) multiply_accumulate_tile<V, MR, NV, PanelRows>(kc, a, lda, 1, b, ldb, acc);
+  if constexpr (kARows) multiply_accumulate_rows<V, MR, NV>(kc, a, lda, b, ldb, acc);
   else multiply_accumulate_tile<V, MR, NV, PanelRows>(kc, a, 1, lda, b, ldb, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
