@@ -548,6 +548,32 @@ def test_outputs_reuse_cached_memory_without_page_faults():
     assert faults <= 4 * calls, f"{faults} minor page faults over {calls} calls"
 
 
+def mapping_flags(address):
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(v, 16) for v in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_large_outputs_ask_for_huge_pages():
+    # madvise(MADV_HUGEPAGE) from 2 MiB on (map_anonymous, which maps the packing scratch too):
+    # smaps shows it as the "hg" flag, whatever the system's THP policy then does with it.
+    # A 1 MiB output does not ask.
+    x, w, b, gy = random_case(512, 256, 1536, torch.float32)  # 3 MiB output
+    y = ops.linear_forward(x, w, b)
+    assert "hg" in mapping_flags(y.data_ptr()), "a 3 MiB output block was mapped without the huge-page advice"
+    small = ops.linear_forward(*random_case(256, 64, 1024, torch.float32)[:3])  # 1 MiB
+    assert "hg" not in mapping_flags(small.data_ptr())
+
+
 def test_cached_outputs_are_ordinary_tensors():
     x, w, b, gy = random_case(600, 512, 700, torch.float64)  # 600 x 700 x 8 bytes: 3.2 MiB, cached
     y = ops.linear_forward(x, w, b)

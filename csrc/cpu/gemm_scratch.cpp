@@ -74,13 +74,27 @@ ThreadScratch& this_thread() {
 
 }  // namespace
 
+// Huge pages: a 4096 x 4096 float32 grad_weight spans 16384 4 KiB pages, more than the
+// second-level TLB holds, and the kernels walk C, the packed panels and the outputs at once.
+// Measured on Emerald Rapids, one thread, in-process against the same code without the
+// advice (ratios of medians, > 1: faster with it): float32 4096 x 1024 -> 4096 forward
+// 1.05-1.12, fwd+bwd 1.17; 4096 x 4096 -> 1024 forward 1.10, fwd+bwd 1.01; float64 the same
+// shapes 1.00-1.02 / 1.07 and 0.95-0.98 / 1.30; 2048^3 0.99-1.02.
+void* map_anonymous(size_t bytes) {
+  constexpr size_t kHugePage = 2 * 1024 * 1024;
+  void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (data == MAP_FAILED) return nullptr;
+  if (bytes >= kHugePage) madvise(data, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+  return data;
+}
+
 void* scratch(ScratchSlot slot, size_t bytes) {
   Region& region = this_thread().regions[static_cast<int>(slot)];
   if (region.bytes >= bytes) return region.data;
   const size_t grown = std::max(bytes, region.bytes + region.bytes / 4);
   const size_t size = (grown + kGranule - 1) / kGranule * kGranule;
-  void* data = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  TORCH_CHECK(data != MAP_FAILED, "pylibnn: cannot map ", size, " bytes of GEMM packing memory: ",
+  void* data = map_anonymous(size);
+  TORCH_CHECK(data != nullptr, "pylibnn: cannot map ", size, " bytes of GEMM packing memory: ",
               std::strerror(errno));
   {
     // The old region goes before the new one is published; nothing of it is still in use

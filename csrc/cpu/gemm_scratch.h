@@ -57,4 +57,9 @@ ScratchStats scratch_stats();
 // Unmaps every thread's scratch. Raises when a GEMM is running.
 void release_scratch();
 
+// Fresh zeroed anonymous memory for the scratch and for the output cache (output_cache.h),
+// nullptr where the kernel refuses it; free it with munmap. From 2 MiB on it asks for
+// transparent huge pages (madvise; the system's THP policy decides).
+void* map_anonymous(size_t bytes);
+
 }  // namespace pylibnn::cpu

@@ -3,6 +3,8 @@
 // the shapes change (a new batch size), the old sizes leave instead of the new ones.
 #include "cpu/output_cache.h"
 
+#include "cpu/gemm_scratch.h"
+
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -137,8 +139,8 @@ class OutputAllocator final : public c10::Allocator {
       }
     }
     if (block->data == nullptr) {
-      void* data = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (data == MAP_FAILED) return c10::GetCPUAllocator()->allocate(bytes);
+      void* data = map_anonymous(rounded);
+      if (data == nullptr) return c10::GetCPUAllocator()->allocate(bytes);
       block->data = data;
       std::lock_guard<std::mutex> lock(c.mutex);
       ++c.maps;
