@@ -75,11 +75,12 @@ ThreadScratch& this_thread() {
 }  // namespace
 
 // Huge pages: a 4096 x 4096 float32 grad_weight spans 16384 4 KiB pages, more than the
-// second-level TLB holds, and the kernels walk C, the packed panels and the outputs at once.
-// Measured on Emerald Rapids, one thread, in-process against the same code without the
-// advice (ratios of medians, > 1: faster with it): float32 4096 x 1024 -> 4096 forward
-// 1.05-1.12, fwd+bwd 1.17; 4096 x 4096 -> 1024 forward 1.10, fwd+bwd 1.01; float64 the same
-// shapes 1.00-1.02 / 1.07 and 0.95-0.98 / 1.30; 2048^3 0.99-1.02.
+// second-level TLB holds (2048 entries), and the kernels walk C and the packed panels at
+// once. Measured on Emerald Rapids, one thread, in-process against the same code without the
+// advice (ratios of medians, > 1: faster with it), 27 A/B runs on 1024^3 .. 4096 x 4096 x
+// 1024, float32 and float64, forward and fwd+bwd: 0.85-1.30, median 1.02 (the same case
+// gave 1.17 and 0.96 in two runs: this VM's noise is as large as the effect). Kept for the
+// TLB argument and the cheaper first touch (one fault per 2 MiB).
 void* map_anonymous(size_t bytes) {
   constexpr size_t kHugePage = 2 * 1024 * 1024;
   void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
