@@ -226,22 +226,30 @@ def run_layer(x, w, b, gy):
 
 
 def test_scratch_is_reused_without_page_faults():
-    # Repeated calls of one shape map nothing new (maps unchanged) and fault no pages in:
-    # the packing memory persists. The fault count is the whole process's (torch's output
-    # tensors, OpenMP threads) over 20 calls of forward + backward at 512^3, which took 240-528
-    # faults per call when the packing buffers were malloc'd per call; a page or two per call
-    # is left for torch's allocator.
+    # Repeated calls of one shape map nothing new and fault no pages in: the packing memory
+    # persists. The fault count is the whole process's (torch's output tensors, OpenMP
+    # threads) over 20 calls of forward + backward at 512^3, which took 240-528 faults per
+    # call when the packing buffers were malloc'd per call; a page or two per call is left
+    # for torch's allocator. The threads pick up tasks dynamically, so a worker that the
+    # scheduler held off through the warm-up (two test processes share these cores) maps its
+    # scratch the first time it works: that, once per thread, is allowed, and its pages;
+    # a region mapped again (grown) is not.
     x, w, b, gy = random_case(512, 512, 512, torch.float32)
     for _ in range(3):
         run_layer(x, w, b, gy)
-    maps_before = _C.cpu_scratch_stats()["maps"]
+    before = _C.cpu_scratch_stats()
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     calls = 20
     for _ in range(calls):
         run_layer(x, w, b, gy)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    assert _C.cpu_scratch_stats()["maps"] == maps_before, "packing memory was mapped again in steady state"
-    assert faults <= 2 * calls, f"{faults} minor page faults over {calls} calls"
+    after = _C.cpu_scratch_stats()
+    first_maps = after["regions"] - before["regions"]
+    assert after["maps"] - before["maps"] == first_maps, ("packing memory was mapped again in steady state",
+                                                          before, after)
+    assert first_maps <= torch.get_num_threads() - 1, (before, after)
+    new_pages = (after["mapped_bytes"] - before["mapped_bytes"]) // 4096
+    assert faults <= 2 * calls + new_pages, f"{faults} minor page faults over {calls} calls"
 
 
 def test_scratch_is_bounded_and_released():
