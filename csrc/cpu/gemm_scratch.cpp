@@ -85,7 +85,9 @@ void* map_anonymous(size_t bytes) {
   constexpr size_t kHugePage = 2 * 1024 * 1024;
   void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (data == MAP_FAILED) return nullptr;
+#ifdef MADV_HUGEPAGE
   if (bytes >= kHugePage) madvise(data, bytes, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
   return data;
 }
 
