@@ -164,6 +164,17 @@ def test_paths_match_float64(cpu_isa, profile, path, shape, params, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_small_grad_weight_reads_row_major_grad_output_in_place(cpu_isa, profile, dtype):
+    # grad_output stored transposed makes grad_output^T, grad_weight's A, row-major: a small
+    # product reads its full 12-row panels in place and sums grad_bias from A itself; 44 rows
+    # leave a last panel of 8 for the short kernel.
+    profile("small_max_madds", 1 << 40)
+    profile("dot_max_rows", 0)
+    x, w, b, gy = random_case(40, 30, 44, dtype)
+    check_linear(x, w, b, gy.t().contiguous().t(), f"row-major grad_output^T isa={cpu_isa}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [1, 3, 5, 8, 15, 16, 17, 31, 33, 130])
 def test_packing_depth_tails(cpu_isa, profile, K, dtype):
     # The forward packs x and W (both contiguous along k) through the in-register
