@@ -146,9 +146,11 @@ struct Float64x4 {
 MicroKernelSet microkernels_avx2() {
   return MicroKernelSet{
       "avx2",
-      MicroKernel<float>{6, 16, &broadcast_kernel<Float32x8, 6, 2>, {4, 0}, {&broadcast_kernel<Float32x8, 4, 2, 6>, nullptr},
+      MicroKernel<float>{6, 16, &broadcast_kernel<Float32x8, 6, 2>, {4, 0},
+                         {&broadcast_kernel<Float32x8, 4, 2, 6>, nullptr},
                          &broadcast_kernel<Float32x8, 6, 2, 6, true>},
-      MicroKernel<double>{6, 8, &broadcast_kernel<Float64x4, 6, 2>, {4, 0}, {&broadcast_kernel<Float64x4, 4, 2, 6>, nullptr},
+      MicroKernel<double>{6, 8, &broadcast_kernel<Float64x4, 6, 2>, {4, 0},
+                          {&broadcast_kernel<Float64x4, 4, 2, 6>, nullptr},
                           &broadcast_kernel<Float64x4, 6, 2, 6, true>},
       DotKernel<float>{2, 4, &dot_kernel<Float32x8, 2, 4>},
       DotKernel<double>{2, 4, &dot_kernel<Float64x4, 2, 4>},

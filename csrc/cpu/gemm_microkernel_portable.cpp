@@ -165,8 +165,10 @@ void stream_widened(int64_t depth, const float* a, int64_t a_row_stride, int64_t
 MicroKernelSet microkernels_portable() {
   return MicroKernelSet{
       "portable",
-      MicroKernel<float>{4, 8, &broadcast_kernel<float, 4, 8>, {0, 0}, {nullptr, nullptr}, &broadcast_kernel<float, 4, 8, true>},
-      MicroKernel<double>{4, 8, &broadcast_kernel<double, 4, 8>, {0, 0}, {nullptr, nullptr}, &broadcast_kernel<double, 4, 8, true>},
+      MicroKernel<float>{4, 8, &broadcast_kernel<float, 4, 8>, {0, 0}, {nullptr, nullptr},
+                         &broadcast_kernel<float, 4, 8, true>},
+      MicroKernel<double>{4, 8, &broadcast_kernel<double, 4, 8>, {0, 0}, {nullptr, nullptr},
+                          &broadcast_kernel<double, 4, 8, true>},
       DotKernel<float>{2, 4, &dot_kernel<float, 2, 4>},
       DotKernel<double>{2, 4, &dot_kernel<double, 2, 4>},
       DotKernel<float>{1, 4, &dot_kernel<float, 1, 4>},

@@ -6,8 +6,9 @@
 // a is either a packed panel (lda = MR: MR values per k step, zero-padded by the packer, so
 // the kernel never sees a partial tile) or A itself when it is contiguous across rows and
 // MR rows exist (lda = its stride along k); run_a_rows reads a row-major A in place instead,
-// a[i * lda + p], and short_run computes fewer rows from a packed panel. b is either a packed kc x NR panel (ldb = NR)
-// or B itself when its rows are contiguous (ldb = its row stride) and NR columns exist.
+// a[i * lda + p], and short_run computes fewer rows from a packed panel. b is either a packed
+// kc x NR panel (ldb = NR) or B itself when its rows are contiguous (ldb = its row stride)
+// and NR columns exist.
 //
 // Dot kernel, for thin products whose operands are both contiguous along k (the forward
 // x @ W^T with few rows of x): one rows x cols tile (rows <= MR, cols <= NR) of
