@@ -98,6 +98,21 @@ def test_path_rules_follow_the_profile(profile):
     # float64 rows count double (their slice of x takes twice the cache)
     assert _C.cpu_gemm_path(96, 512, 128, 1, 1, 128, False, 8) == "dot"
     assert _C.cpu_gemm_path(97, 512, 128, 1, 1, 128, False, 8) == "blocked"
+    # past the dot path's rows the transposed path takes the forward, where x's panels are
+    # at least 7/8 full, K is deep enough and the product is not small
+    profile("transposed_max_rows", 256)
+    profile("transposed_min_depth", 512)
+    profile("small_max_madds", 1 << 20)
+    nr = {"avx512": 32, "avx2": 16}.get(_C.build_info()["cpu_isa"]["selected"], 8)  # float32 x panel rows
+    assert forward_path(8 * nr, 4096, 4096) == "transposed"
+    assert forward_path(7 * nr + 4, 4096, 4096) == "transposed"  # last x panel 1/2 full, 7/8 of all
+    assert forward_path(5 * nr + 1, 4096, 4096) == "dot"         # padding over 1/8: back to dot
+    assert forward_path(257, 4096, 4096) == "blocked"
+    assert forward_path(8 * nr, 511, 4096) != "transposed"
+    assert forward_path(64, 512, 32) == "dot"                    # a small product
+    assert backward_paths(64, 4096, 4096) == ("blocked", "blocked")
+    profile("transposed_max_rows", 0)
+    assert forward_path(8 * nr, 4096, 4096) == ("blocked" if 8 * nr > 192 else "dot")
     # the thresholds are the profile's
     profile("dot_min_depth", 64)
     assert forward_path(64, 64, 64) == "dot"
@@ -119,6 +134,8 @@ def test_reference_isa_reports_reference():
 # --------------------------------------------------------------------------- each path, each ISA
 
 # (M, K, N) of the layer and the parameters that send its products down one path.
+TRANSPOSED = {"transposed_max_rows": 128, "transposed_min_depth": 1, "small_max_madds": 0}
+
 PATH_CASES = [
     # outer (grad_weight, depth = batch 1..4) and gemv (grad_input, 1..4 rows): columns not
     # a multiple of any vector, several GEMV column blocks (gemv_cols = 64)
@@ -151,6 +168,16 @@ PATH_CASES = [
     # dot with every row count (1 row kernel and the tile kernel)
     ("dot", (1, 700, 37), {"dot_min_depth": 1}),
     ("dot", (9, 257, 70), {"dot_min_depth": 1}),
+    # transposed (the forward's C^T = W x^T, W's rows in place): two kc steps and a last W
+    # panel of 4 rows (a short kernel on a packed slice); a padded x panel (28 of 32 float32
+    # rows) and a last W panel of 10 (the 12-row kernel on a packed slice); several x panels
+    # and chunks of W panels; 24 x 33000: super blocks of k (C accumulated across them, the
+    # bias added after the last); W rows 4 KiB apart (float32 K = 1024)
+    ("transposed", (64, 600, 100), TRANSPOSED),
+    ("transposed", (28, 300, 70), TRANSPOSED),
+    ("transposed", (112, 200, 500), TRANSPOSED),
+    ("transposed", (24, 33000, 20), TRANSPOSED),
+    ("transposed", (32, 1024, 36), TRANSPOSED),
 ]
 
 
@@ -161,6 +188,33 @@ def test_paths_match_float64(cpu_isa, profile, path, shape, params, dtype):
         profile(name, value)
     M, K, N = shape
     check_linear(*random_case(M, K, N, dtype), f"{path} isa={cpu_isa} {shape}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["sliced", "contiguous"])
+def test_transposed_path_strides_and_epilogue(cpu_isa, profile, kind, dtype):
+    # The transposed path with rows of x and W further apart than K (slices of wider
+    # tensors) or contiguous, and the fused epilogue (preactivation kept, then GELU) applied
+    # to the chunks of C^T it stores.
+    for name, value in TRANSPOSED.items():
+        profile(name, value)
+    M, K, N = 60, 130, 150
+    if kind == "sliced":
+        x = make_tensor((M, K + 7), dtype, "cpu", 21)[:, 3:K + 3]
+        w = make_tensor((N, K + 5), dtype, "cpu", 22)[:, :K]
+    else:
+        x = make_tensor((M, K), dtype, "cpu", 21)
+        w = make_tensor((N, K), dtype, "cpu", 22)
+    b = make_tensor((N,), dtype, "cpu", 23)
+    expected_path = "reference" if cpu_isa == "reference" else "transposed"
+    assert _C.cpu_gemm_path(M, N, K, 1, 1, w.stride(0), False, x.element_size()) == expected_path
+    exact = x.double() @ w.double().t() + b.double()
+    bound = sum_bound(x.double().abs() @ w.double().abs().t() + b.double().abs(), K)
+    y = ops.linear_forward(x, w, b)
+    assert_close_to_reference(y, exact, bound, dtype, f"transposed {kind} isa={cpu_isa}: output")
+    z, pre = ops.linear_act_forward(x, w, b, "gelu", True)
+    assert_close_to_reference(pre, exact, bound, dtype, f"transposed {kind}: preactivation")
+    torch.testing.assert_close(z, torch.nn.functional.gelu(pre), msg=f"transposed {kind}: gelu of the preactivation")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -145,6 +145,11 @@ CpuProfile named_profile(const std::string& name, const CpuId& id) {
     // (dot_max_rows halved) 1.01x at 32 and 0.45x at 64, blocked 0.73x / 0.74x.
     p.dot_max_rows = 64;
     p.dot_thin_rows = 16;
+    // x W^T for W of 4096 x 4096, one thread, against torch in one process: the transposed
+    // path (W's rows in place) gave 1.35x / 1.17x / 1.16x at M = 64 / 96 / 128 float32, where
+    // the dot or blocked path gave 1.00x / 1.05x / 1.02x; float64 1.40x / 1.13x / 0.96x at
+    // M = 16 / 32 / 64 against 1.06x / 0.93x / 0.90x.
+    p.transposed_max_rows = 128;
     p.stream_max_depth = 8;
     p.small_max_madds = 128 * 128 * 128;
     return p;
@@ -183,6 +188,8 @@ constexpr Parameter kParameters[] = {
     {"dot_max_rows", &CpuProfile::dot_max_rows},
     {"dot_min_depth", &CpuProfile::dot_min_depth},
     {"dot_thin_rows", &CpuProfile::dot_thin_rows},
+    {"transposed_max_rows", &CpuProfile::transposed_max_rows},
+    {"transposed_min_depth", &CpuProfile::transposed_min_depth},
     {"a_in_place_max_panels", &CpuProfile::a_in_place_max_panels},
     {"write_once_min_bytes", &CpuProfile::write_once_min_bytes},
     {"parallel_min_madds", &CpuProfile::parallel_min_madds},

@@ -69,6 +69,8 @@ struct CpuProfile {
   int64_t dot_max_rows = 192;          // dot path for M <= this (float32; float64 half) and K >= dot_min_depth,
   int64_t dot_min_depth = 64;          // ...
   int64_t dot_thin_rows = 16;          // ... or for M <= this at any K (the 12-row tiles would idle)
+  int64_t transposed_max_rows = 0;     // transposed path (W's rows in place) for M <= this (float32; float64 half)
+  int64_t transposed_min_depth = 512;  // ... and K >= this
   int64_t parallel_min_madds = 110592; // one thread below (48^3)
   int64_t small_max_madds = 0;         // one thread region per call (private B packing) at or below
 };

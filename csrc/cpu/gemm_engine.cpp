@@ -10,7 +10,12 @@
 //            stores when it is at least write_once_min_bytes
 //   gemv     M <= gemv_max_rows and B's rows contiguous (grad_input = dy W for 1..4 rows):
 //            W read once, row by row, into column blocks of C kept in L1
-//   dot      A's rows and B's columns contiguous along k, M <= dot_max_rows (float32 rows:
+//   transposed  A's rows and B's columns contiguous along k (the forward x W^T),
+//            M <= transposed_max_rows (float32; float64 half) with x's NR-row panels at
+//            least 7/8 full, K >= transposed_min_depth, more than small_max_madds
+//            multiply-adds: C^T = W x^T by the broadcast kernel with the roles swapped, W's
+//            rows read in place and x packed (gemm_transposed)
+//   dot      the same operands, M <= dot_max_rows (float32 rows:
 //            half as many float64 ones, whose A slice takes twice the cache) and
 //            K >= dot_min_depth, or M <= dot_thin_rows at any K (the forward x W^T for a thin
 //            batch, where MR-row tiles would compute mostly padding): dot products straight
@@ -282,6 +287,118 @@ void gemm_gemv(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& p
   if (args.a_row_sums) direct_row_sums(a, 0, M, args.a_row_sums);
 }
 
+// The kernel that computes a panel of `rows` (<= MR) rows read from a packed panel: the
+// shortest of MicroKernel::short_run that covers them, else the full one.
+template <typename T>
+MicroKernelFn<T> covering_kernel(const MicroKernel<T>& kernel, int64_t rows, int64_t& kernel_rows) {
+  kernel_rows = kernel.mr;
+  for (int s = 0; s < 2 && rows < kernel.mr; ++s) {
+    if (kernel.short_rows[s] >= rows && kernel.short_rows[s] < kernel_rows) {
+      kernel_rows = kernel.short_rows[s];
+      return kernel.short_run[s];
+    }
+  }
+  return kernel.run;
+}
+
+// The transposed path: C = A B for a thin A (x, M rows) and B = W^T, both contiguous along k
+// (the forward x W^T for a batch of a few dozen rows). It computes C^T = W x^T instead: W's
+// rows are the micro-kernel's broadcast operand, MR of them read in place per tile
+// (MicroKernel::run_a_rows), and x is packed into NR-wide panels along k, once per call.
+// W, the large operand, is read once and never packed; in the blocked path packing it cost
+// about as much as the arithmetic, with so few rows of x reusing each of its elements
+// (Emerald Rapids, one thread, 64 x 4096 -> 4096 float32 against torch: 1.00x blocked,
+// 1.02x dot, 1.35x transposed).
+//   for p0 over K in super blocks        pack x[:, p0:+depth] (up to 4 MiB: all of K for
+//                                         M x K up to 128 x 8192 float32)
+//     tasks = chunks of MR-row panels of W (up to 16), picked up by the threads one at a time
+//       for pc over the super block in steps of kc: for each W panel: for each x panel:
+//         micro-kernel into the MR x NR tile of C^T of (W panel, x panel), kept across pc
+//       the chunk's tiles stored transposed into C (added to it after the first super block)
+// Per kc step a task's W panels (24 KiB each) stream from memory once and its x slices stay
+// in L2; each W slice is reused from L1 by every x panel.
+// A partial last W panel is packed, one kc slice at a time, and runs the shortest kernel
+// that covers it.
+template <typename T>
+void gemm_transposed(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& profile) {
+  const MatrixView<T>& a = args.a;  // x, a.col_stride == 1
+  const MatrixView<T>& b = args.b;  // W^T, b.row_stride == 1: W(j, p) = b(p, j)
+  const MicroKernel<T>& kernel = k.broadcast;
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t mr = kernel.mr, nr = kernel.nr;
+  const Blocking blk = blocking_for(kernel, profile);
+  const int64_t x_panels = ceil_div(M, nr);
+  const int64_t w_panels = ceil_div(N, mr);
+  const int64_t ldw = b.col_stride;
+  const int64_t x_bytes_per_step = x_panels * nr * static_cast<int64_t>(sizeof(T));
+  const int64_t super_depth = std::min(K, std::max<int64_t>(1, (4 << 20) / x_bytes_per_step / blk.kc) * blk.kc);
+  const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
+  const int64_t threads = parallel ? at::get_num_threads() : 1;
+  const bool epilogue = has_epilogue(args);
+  const T* bias = args.bias ? padded_bias(args, N, 1) : nullptr;
+  // Chunks of up to 16 W panels, whose slices of one kc step share each slice of x while it
+  // is in L1 / L2 (64 x 4096 -> 4096 float32: 1.04x torch with one panel per chunk, 1.37x
+  // with 16), with enough chunks for an even split. With a single x panel there is nothing
+  // to share, and one W panel per chunk reads its rows in long runs instead of kc-long ones
+  // (32 x 4096 -> 4096: 1.83x with one, 1.51x with 16).
+  const int64_t panels_per_chunk = x_panels == 1 ? 1 : std::clamp<int64_t>(w_panels / (4 * threads), 1, 16);
+  const int64_t chunks = ceil_div(w_panels, panels_per_chunk);
+  T* packed_x = scratch_for<T>(ScratchSlot::PackedB, x_panels * nr * super_depth);
+
+  for (int64_t p0 = 0; p0 < K; p0 += super_depth) {
+    const int64_t depth = std::min(super_depth, K - p0);
+    const bool last = p0 + depth == K;
+    at::parallel_for(0, x_panels, parallel ? 1 : x_panels, [&](int64_t begin, int64_t end) {
+      for (int64_t xp = begin; xp < end; ++xp)
+        k.pack(&a(xp * nr, p0), a.row_stride, a.col_stride, std::min(nr, M - xp * nr), depth, nr,
+               packed_x + xp * nr * depth);
+    });
+    run_tasks(chunks, parallel, [&](int64_t chunk) {
+      const int64_t jp_begin = chunk * panels_per_chunk;
+      const int64_t jp_end = std::min(w_panels, jp_begin + panels_per_chunk);
+      T* tiles = scratch_for<T>(ScratchSlot::PackedA, (jp_end - jp_begin) * x_panels * mr * nr);
+      T* packed_w = scratch_for<T>(ScratchSlot::Edge, mr * blk.kc);
+      for (int64_t pc = 0; pc < depth; pc += blk.kc) {
+        const int64_t kc = std::min(blk.kc, depth - pc);
+        for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
+          const int64_t j0 = jp * mr, rows = std::min(mr, N - j0);
+          const T* w_panel = &b(p0 + pc, j0);
+          int64_t lda = ldw;
+          MicroKernelFn<T> run = kernel.run_a_rows;
+          if (rows < mr) {
+            k.pack(w_panel, ldw, b.row_stride, rows, kc, mr, packed_w);
+            int64_t kernel_rows = mr;
+            run = covering_kernel(kernel, rows, kernel_rows);
+            w_panel = packed_w;
+            lda = mr;
+          }
+          T* panel_tiles = tiles + (jp - jp_begin) * x_panels * mr * nr;
+          for (int64_t xp = 0; xp < x_panels; ++xp)
+            run(kc, w_panel, lda, packed_x + (xp * depth + pc) * nr, nr, panel_tiles + xp * mr * nr, nr, pc > 0,
+                nullptr);
+        }
+      }
+      // Tile (r, q) of (W panel jp, x panel xp) is C(xp * NR + q, jp * MR + r).
+      for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
+        const int64_t j0 = jp * mr, rows = std::min(mr, N - j0);
+        for (int64_t xp = 0; xp < x_panels; ++xp) {
+          const T* tile = tiles + ((jp - jp_begin) * x_panels + xp) * mr * nr;
+          for (int64_t q = 0; q < std::min(nr, M - xp * nr); ++q) {
+            T* c = args.c + (xp * nr + q) * args.ldc + j0;
+            for (int64_t r = 0; r < rows; ++r) {
+              T value = tile[r * nr + q];
+              if (p0 > 0) value += c[r];
+              if (last && bias) value += bias[j0 + r];
+              c[r] = value;
+            }
+          }
+        }
+      }
+      if (epilogue && last) gemm_epilogue(args, 0, jp_begin * mr, M, std::min(N, jp_end * mr) - jp_begin * mr);
+    });
+  }
+}
+
 template <typename T>
 void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& profile) {
   const MatrixView<T>& a = args.a;
@@ -429,14 +546,8 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
             T* c = args.c + (ic + i0) * args.ldc + j;
             // The last panel of M % MR rows (always packed) runs the shortest kernel that covers it.
             int64_t kernel_rows = mr;
-            MicroKernelFn<T> run = (a_row_in_place && a_rows_in_place) ? kernel.run_a_rows : kernel.run;
-            for (int s = 0; s < 2 && rows < mr; ++s) {
-              if (kernel.short_rows[s] >= rows && kernel.short_rows[s] < kernel_rows) {
-                kernel_rows = kernel.short_rows[s];
-                run = kernel.short_run[s];
-                break;
-              }
-            }
+            MicroKernelFn<T> run = (a_row_in_place && a_rows_in_place) ? kernel.run_a_rows
+                                                                       : covering_kernel(kernel, rows, kernel_rows);
             if (rows == kernel_rows && cols == nr) {
               run(kc, a_panel, lda, b_panel, ldb, c, args.ldc, accumulate, tile_bias);
             } else {
@@ -485,24 +596,44 @@ void row_sums(const MatrixView<T>& m, T* out) {
 
 namespace {
 
-enum class GemmPath { Reference, Direct, Empty, Outer, Gemv, Dot, Blocked };
+enum class GemmPath { Reference, Direct, Empty, Outer, Gemv, Dot, Transposed, Blocked };
 
 // The path rules of the header comment, in order. Shared by gemm() and gemm_path_name().
 GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
-                     int64_t b_col_stride, bool row_sums, bool have_kernels, const CpuProfile& profile,
+                     int64_t b_col_stride, bool row_sums, const MicroKernelSet* kernels, const CpuProfile& profile,
                      int64_t element_bytes) {
   // Products this small cost less than packing them: they take the direct loop, which also
   // rounds like torch's own small matmuls (a multiply and an add per term, in k order).
-  if (!have_kernels) return GemmPath::Reference;
+  if (!kernels) return GemmPath::Reference;
   if (multiply_adds(M, N, K) <= profile.direct_max_madds) return GemmPath::Direct;
   if (M == 0 || N == 0 || K == 0) return GemmPath::Empty;
   const bool b_rows_contiguous = b_col_stride == 1;
   if (b_rows_contiguous && K <= profile.stream_max_depth) return GemmPath::Outer;
   if (b_rows_contiguous && M <= std::min<int64_t>(profile.gemv_max_rows, 4)) return GemmPath::Gemv;
+  // A thin x W^T reuses each element of W too few times to pay for packing it: the
+  // transposed path reads W in place. Its C^T tiles are stored transposed element by
+  // element, once per tile, which K >= transposed_min_depth amortizes (Emerald Rapids,
+  // 64 x 256 -> 4096 float32: 0.90x torch, blocked 1.04x), and it pads x to whole NR-row
+  // panels, so it is taken only where that padding is at most 1/8 of the rows (100 x 1000 ->
+  // 1000 float32, padded to 128: 0.88x, blocked 1.01x). Small products keep their one thread
+  // region in the blocked path.
+  const bool operands_contiguous_along_k = a_col_stride == 1 && b_row_stride == 1;
+  const int64_t transposed_max_rows = profile.transposed_max_rows * 4 / std::max<int64_t>(element_bytes, 4);
+  // W's rows 4 KiB apart (K a multiple of 1024, float32) put the MR rows of a panel in one
+  // L1 set per line: a 12-way L1 (48 KiB) holds them (1.30x torch at K = 4096, 1.25x at
+  // K = 4000), an 8-way one (32 KiB) would evict them before their next use; not there
+  // (unmeasured).
+  const int64_t x_panel_rows = element_bytes == 8 ? kernels->f64.nr : kernels->f32.nr;
+  const int64_t l1d = cpu_id().l1d;
+  const bool w_rows_thrash_l1 = (b_col_stride * element_bytes) % 4096 == 0 && l1d > 0 && l1d < 48 * 1024;
+  if (operands_contiguous_along_k && !row_sums && M <= transposed_max_rows && K >= profile.transposed_min_depth &&
+      round_up(M, x_panel_rows) * 7 <= M * 8 && multiply_adds(M, N, K) > profile.small_max_madds && !w_rows_thrash_l1)
+    return GemmPath::Transposed;
   // The dot path pays off while few rows of A share each element of B (measured: up to
   // about 256 rows for W of 4096 x 4096, where the packed path catches up), and while k is
-  // long enough to amortize the horizontal sums of its accumulators.
-  const bool operands_contiguous_along_k = a_col_stride == 1 && b_row_stride == 1;
+  // long enough to amortize the horizontal sums of its accumulators. Where x's panels would
+  // be mostly padding it also beats the transposed path (24 x 4096 -> 4096 float32: dot
+  // 1.25x torch, blocked 1.14x; 8 rows: dot 2.25x, transposed 1.27x).
   const int64_t dot_max_rows = profile.dot_max_rows * 4 / std::max<int64_t>(element_bytes, 4);
   if (operands_contiguous_along_k && !row_sums && M <= dot_max_rows &&
       (K >= profile.dot_min_depth || M <= profile.dot_thin_rows))
@@ -515,13 +646,14 @@ GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int6
 const char* gemm_path_name(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int64_t b_row_stride,
                            int64_t b_col_stride, bool row_sums, int64_t element_bytes) {
   switch (choose_path(M, N, K, a_col_stride, b_row_stride, b_col_stride, row_sums,
-                      selected_microkernels() != nullptr, cpu_profile(), element_bytes)) {
+                      selected_microkernels(), cpu_profile(), element_bytes)) {
     case GemmPath::Reference: return "reference";
     case GemmPath::Direct: return "direct";
     case GemmPath::Empty: return "empty";
     case GemmPath::Outer: return "outer";
     case GemmPath::Gemv: return "gemv";
     case GemmPath::Dot: return "dot";
+    case GemmPath::Transposed: return "transposed";
     case GemmPath::Blocked: return "blocked";
   }
   return "?";
@@ -533,7 +665,7 @@ void gemm(const GemmArgs<T>& args) {
   const MicroKernelSet* kernels = selected_microkernels();
   const CpuProfile& profile = cpu_profile();
   const GemmPath path = choose_path(M, N, K, args.a.col_stride, args.b.row_stride, args.b.col_stride,
-                                    args.a_row_sums != nullptr, kernels != nullptr, profile, sizeof(T));
+                                    args.a_row_sums != nullptr, kernels, profile, sizeof(T));
   if (path == GemmPath::Reference || path == GemmPath::Direct) {
     gemm_reference(args);
     if (has_epilogue(args)) gemm_epilogue(args, 0, 0, M, N);
@@ -552,6 +684,7 @@ void gemm(const GemmArgs<T>& args) {
     case GemmPath::Outer: return gemm_outer(args, k, profile);
     case GemmPath::Gemv: return gemm_gemv(args, k, profile);
     case GemmPath::Dot: return gemm_dot(args, M < k.dot.mr ? k.dot_row : k.dot, profile);
+    case GemmPath::Transposed: return gemm_transposed(args, k, profile);
     default: return gemm_blocked(args, k, profile);
   }
 }
@@ -924,7 +1057,7 @@ void gemm_widened(const GemmArgs<In>& args) {
   }
   const ScratchUse in_use;
   const GemmPath path = choose_path(M, N, K, args.a.col_stride, args.b.row_stride, args.b.col_stride,
-                                    args.a_row_sums != nullptr, true, profile, sizeof(float));
+                                    args.a_row_sums != nullptr, kernels, profile, sizeof(float));
   if (path == GemmPath::Outer || path == GemmPath::Gemv) {
     return gemm_widened_thin(args, path == GemmPath::Outer, *kernels, profile);
   }
