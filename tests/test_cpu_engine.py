@@ -134,7 +134,7 @@ def test_reference_isa_reports_reference():
 # --------------------------------------------------------------------------- each path, each ISA
 
 # (M, K, N) of the layer and the parameters that send its products down one path.
-TRANSPOSED = {"transposed_max_rows": 128, "transposed_min_depth": 1, "small_max_madds": 0}
+TRANSPOSED = {"transposed_max_rows": 256, "transposed_min_depth": 1, "small_max_madds": 0}
 
 PATH_CASES = [
     # outer (grad_weight, depth = batch 1..4) and gemv (grad_input, 1..4 rows): columns not
@@ -171,12 +171,12 @@ PATH_CASES = [
     # transposed (the forward's C^T = W x^T, W's rows in place): two kc steps and a last W
     # panel of 4 rows (a short kernel on a packed slice); a padded x panel (28 of 32 float32
     # rows) and a last W panel of 10 (the 12-row kernel on a packed slice); several x panels
-    # and chunks of W panels; 24 x 33000: super blocks of k (C accumulated across them, the
+    # and chunks of W panels; 32 x 33000: super blocks of k (C accumulated across them, the
     # bias added after the last); W rows 4 KiB apart (float32 K = 1024)
     ("transposed", (64, 600, 100), TRANSPOSED),
     ("transposed", (28, 300, 70), TRANSPOSED),
     ("transposed", (112, 200, 500), TRANSPOSED),
-    ("transposed", (24, 33000, 20), TRANSPOSED),
+    ("transposed", (32, 33000, 20), TRANSPOSED),
     ("transposed", (32, 1024, 36), TRANSPOSED),
 ]
 
@@ -187,6 +187,8 @@ def test_paths_match_float64(cpu_isa, profile, path, shape, params, dtype):
     for name, value in params.items():
         profile(name, value)
     M, K, N = shape
+    if path == "transposed" and cpu_isa != "reference":
+        assert _C.cpu_gemm_path(M, N, K, 1, 1, K, False, torch.finfo(dtype).bits // 8) == "transposed"
     check_linear(*random_case(M, K, N, dtype), f"{path} isa={cpu_isa} {shape}")
 
 
