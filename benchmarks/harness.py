@@ -108,7 +108,7 @@ def profile_summary(profile):
     if not profile:
         return "none reported"
     keys = ("kc", "mc", "nc", "single_block_rows", "a_in_place_max_panels", "bf16_block_bytes", "dot_max_rows",
-            "dot_min_depth", "stream_max_depth", "gemv_max_rows", "small_max_madds", "write_once_min_bytes")
+            "dot_min_depth", "transposed_max_rows", "stream_max_depth", "gemv_max_rows", "small_max_madds", "write_once_min_bytes")
     params = ", ".join(f"{k} {profile[k]}" for k in keys if k in profile)
     return f"{profile.get('name')} ({profile.get('origin')}; {params}; {profile.get('measured')})"
 

@@ -43,6 +43,10 @@ GROUPS = {
                       ["fwd:64x64x64", "fwd:64x128x128", "fwd:128x128x128", "fwd:32x256x256", "fwd:64x512x512"]),
     "dot_max_rows": ("dot_max_rows", [0, 64, 128, 192, 256], ["fwd:64x4096x4096", "fwd:128x1024x1024",
                                                               "fwd:192x1024x1024", "fwd:256x1024x1024"]),
+    # transposed path (C^T = W x^T, W's rows in place) for the forward of batches up to this
+    # many rows (0: the dot / blocked paths)
+    "transposed_max_rows": ("transposed_max_rows", [0, 64, 128, 256],
+                            ["fwd:32x4096x4096", "fwd:64x4096x4096", "fwd:128x4096x4096", "fwd:256x1024x1024"]),
     # outer-product path for grad_weight of a batch of `depth` rows
     "stream_max_depth": ("stream_max_depth", [0, 4, 8, 16], ["bwd:1x1024x1024", "bwd:4x1024x1024",
                                                             "bwd:8x1024x1024", "bwd:16x1024x1024"]),
