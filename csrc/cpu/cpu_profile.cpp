@@ -148,7 +148,10 @@ CpuProfile named_profile(const std::string& name, const CpuId& id) {
     // x W^T for W of 4096 x 4096, one thread, against torch in one process: the transposed
     // path (W's rows in place) gave 1.35x / 1.17x / 1.16x at M = 64 / 96 / 128 float32, where
     // the dot or blocked path gave 1.00x / 1.05x / 1.02x; float64 1.40x / 1.13x / 0.96x at
-    // M = 16 / 32 / 64 against 1.06x / 0.93x / 0.90x.
+    // M = 16 / 32 / 64 against 1.06x / 0.93x / 0.90x. The sweep
+    // (benchmarks/results/sweep_intel-avx512_1thread_transposed.md) agrees up to 64 rows
+    // (1.47-1.68x the blocked / dot time), finds 128 rows a wash and 256 x 1024 -> 1024
+    // 1.31x slower: the limit stays at 128, where the ratios above favoured it.
     p.transposed_max_rows = 128;
     p.stream_max_depth = 8;
     p.small_max_madds = 128 * 128 * 128;
