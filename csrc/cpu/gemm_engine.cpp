@@ -317,9 +317,10 @@ MicroKernelFn<T> covering_kernel(const MicroKernel<T>& kernel, int64_t rows, int
 //     tasks = chunks of MR-row panels of W (up to 16), picked up by the threads one at a time
 //       for pc over the super block in steps of kc: for each W panel: for each x panel:
 //         micro-kernel into the MR x NR tile of C^T of (W panel, x panel), kept across pc
-//       the chunk's tiles stored transposed into C (added to it after the first super block)
-// Per kc step a task's W panels (24 KiB each) stream from memory once and its x slices stay
-// in L2; each W slice is reused from L1 by every x panel.
+//       the chunk's tiles stored transposed into C (MicroKernel::store_transposed: in-register
+//       transposes; added to C after the first super block)
+// Per kc step a task's W slices (MR x kc) stream from memory once and its x slices stay in
+// L2; each W slice is reused from L1 by every x panel.
 // A partial last W panel is packed, one kc slice at a time, and runs the shortest kernel
 // that covers it.
 template <typename T>
@@ -384,18 +385,10 @@ void gemm_transposed(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProf
       // Tile (r, q) of (W panel jp, x panel xp) is C(xp * NR + q, jp * MR + r).
       for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
         const int64_t j0 = jp * mr, rows = std::min(mr, N - j0);
-        for (int64_t xp = 0; xp < x_panels; ++xp) {
-          const T* tile = tiles + ((jp - jp_begin) * x_panels + xp) * mr * nr;
-          for (int64_t q = 0; q < std::min(nr, M - xp * nr); ++q) {
-            T* c = args.c + (xp * nr + q) * args.ldc + j0;
-            for (int64_t r = 0; r < rows; ++r) {
-              T value = tile[r * nr + q];
-              if (p0 > 0) value += c[r];
-              if (last && bias) value += bias[j0 + r];
-              c[r] = value;
-            }
-          }
-        }
+        for (int64_t xp = 0; xp < x_panels; ++xp)
+          kernel.store_transposed(tiles + ((jp - jp_begin) * x_panels + xp) * mr * nr, nr, rows,
+                                  std::min(nr, M - xp * nr), args.c + xp * nr * args.ldc + j0, args.ldc, p0 > 0,
+                                  (last && bias) ? bias + j0 : nullptr);
       }
       if (epilogue && last) gemm_epilogue(args, 0, jp_begin * mr, M, std::min(N, jp_end * mr) - jp_begin * mr);
     });
@@ -614,12 +607,12 @@ GemmPath choose_path(int64_t M, int64_t N, int64_t K, int64_t a_col_stride, int6
   if (b_rows_contiguous && K <= profile.stream_max_depth) return GemmPath::Outer;
   if (b_rows_contiguous && M <= std::min<int64_t>(profile.gemv_max_rows, 4)) return GemmPath::Gemv;
   // A thin x W^T reuses each element of W too few times to pay for packing it: the
-  // transposed path reads W in place. Its C^T tiles are stored transposed element by
-  // element, once per tile, which K >= transposed_min_depth amortizes (Emerald Rapids,
-  // 64 x 256 -> 4096 float32: 0.90x torch, blocked 1.04x), and it pads x to whole NR-row
-  // panels, so it is taken only where that padding is at most 1/8 of the rows (100 x 1000 ->
-  // 1000 float32, padded to 128: 0.88x, blocked 1.01x). Small products keep their one thread
-  // region in the blocked path.
+  // transposed path reads W in place. Packing x and storing each C^T tile transposed cost
+  // per call what K >= transposed_min_depth amortizes (Emerald Rapids, against torch:
+  // 64 x 256 -> 4096 float32 0.99x, blocked 1.02x; 64 x 128 -> 4096 0.87x and 0.95x). It
+  // pads x to whole NR-row panels, so it is taken only where that padding is at most 1/8 of
+  // the rows (100 x 1000 -> 1000 float32, padded to 128: 0.88x, blocked 1.01x). Small
+  // products keep their one thread region in the blocked path.
   const bool operands_contiguous_along_k = a_col_stride == 1 && b_row_stride == 1;
   const int64_t transposed_max_rows = profile.transposed_max_rows * 4 / std::max<int64_t>(element_bytes, 4);
   // W's rows 4 KiB apart (K a multiple of 1024, float32) put the MR rows of a panel in one

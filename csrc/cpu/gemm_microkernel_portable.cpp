@@ -43,6 +43,18 @@ void broadcast_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t l
   }
 }
 
+template <typename T>
+void store_transposed(const T* tile, int64_t ld_tile, int64_t rows, int64_t cols, T* c, int64_t ldc, bool accumulate,
+                      const T* bias) {
+  for (int64_t q = 0; q < cols; ++q)
+    for (int64_t r = 0; r < rows; ++r) {
+      T value = tile[r * ld_tile + q];
+      if (bias) value += bias[r];
+      T* out = c + q * ldc + r;
+      *out = accumulate ? *out + value : value;
+    }
+}
+
 template <typename T, int MR, int NR>
 void dot_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t rows,
                 int64_t cols, bool accumulate, const T* bias) {
@@ -166,9 +178,9 @@ MicroKernelSet microkernels_portable() {
   return MicroKernelSet{
       "portable",
       MicroKernel<float>{4, 8, &broadcast_kernel<float, 4, 8>, {0, 0}, {nullptr, nullptr},
-                         &broadcast_kernel<float, 4, 8, true>},
+                         &broadcast_kernel<float, 4, 8, true>, &store_transposed<float>},
       MicroKernel<double>{4, 8, &broadcast_kernel<double, 4, 8>, {0, 0}, {nullptr, nullptr},
-                          &broadcast_kernel<double, 4, 8, true>},
+                          &broadcast_kernel<double, 4, 8, true>, &store_transposed<double>},
       DotKernel<float>{2, 4, &dot_kernel<float, 2, 4>},
       DotKernel<double>{2, 4, &dot_kernel<double, 2, 4>},
       DotKernel<float>{1, 4, &dot_kernel<float, 1, 4>},

@@ -32,6 +32,13 @@ template <typename T>
 using MicroKernelFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
                                bool accumulate, const T* bias);
 
+// C(q, r) = [C(q, r) +] tile(r, q) [+ bias(r)] for r < rows (<= MR), q < cols (<= NR): a tile
+// of C^T (the transposed path's rows of W x rows of x) stored into C, whose row q takes the
+// tile's column q.
+template <typename T>
+using StoreTransposedFn = void (*)(const T* tile, int64_t ld_tile, int64_t rows, int64_t cols, T* c, int64_t ldc,
+                                   bool accumulate, const T* bias);
+
 template <typename T>
 struct MicroKernel {
   int64_t mr;  // rows of the C tile (broadcast from A)
@@ -46,6 +53,9 @@ struct MicroKernel {
   // The full kernel reading MR rows of a row-major A in place, A(i, p) = a[i * lda + p]:
   // small products (the forward's x, grad_input's grad_output) then pack only B.
   MicroKernelFn<T> run_a_rows = nullptr;
+  // The transposed path's store of a finished tile of C^T (lanes x lanes in-register
+  // transposes on the SIMD sets).
+  StoreTransposedFn<T> store_transposed = nullptr;
 };
 
 template <typename T>
