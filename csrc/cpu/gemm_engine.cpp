@@ -325,15 +325,16 @@ MicroKernelFn<T> covering_kernel(const MicroKernel<T>& kernel, int64_t rows, int
 // that covers it.
 template <typename T>
 void gemm_transposed(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile& profile) {
-  const MatrixView<T>& a = args.a;  // x, a.col_stride == 1
-  const MatrixView<T>& b = args.b;  // W^T, b.row_stride == 1: W(j, p) = b(p, j)
+  // C^T = W x^T: W (N x K, rows contiguous along k) is the broadcast operand, x^T (K x M)
+  // the packed one.
+  const MatrixView<T> w = args.b.transposed();
+  const MatrixView<T> x_t = args.a.transposed();
   const MicroKernel<T>& kernel = k.broadcast;
-  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  const int64_t M = x_t.cols, K = w.cols, N = w.rows;
   const int64_t mr = kernel.mr, nr = kernel.nr;
   const Blocking blk = blocking_for(kernel, profile);
   const int64_t x_panels = ceil_div(M, nr);
   const int64_t w_panels = ceil_div(N, mr);
-  const int64_t ldw = b.col_stride;
   const int64_t x_bytes_per_step = x_panels * nr * static_cast<int64_t>(sizeof(T));
   const int64_t super_depth = std::min(K, std::max<int64_t>(1, (4 << 20) / x_bytes_per_step / blk.kc) * blk.kc);
   const bool parallel = multiply_adds(M, N, K) >= profile.parallel_min_madds;
@@ -353,9 +354,7 @@ void gemm_transposed(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProf
     const int64_t depth = std::min(super_depth, K - p0);
     const bool last = p0 + depth == K;
     at::parallel_for(0, x_panels, parallel ? 1 : x_panels, [&](int64_t begin, int64_t end) {
-      for (int64_t xp = begin; xp < end; ++xp)
-        k.pack(&a(xp * nr, p0), a.row_stride, a.col_stride, std::min(nr, M - xp * nr), depth, nr,
-               packed_x + xp * nr * depth);
+      for (int64_t xp = begin; xp < end; ++xp) pack_b_panel(k, x_t, p0, depth, xp * nr, nr, packed_x + xp * nr * depth);
     });
     run_tasks(chunks, parallel, [&](int64_t chunk) {
       const int64_t jp_begin = chunk * panels_per_chunk;
@@ -366,11 +365,11 @@ void gemm_transposed(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProf
         const int64_t kc = std::min(blk.kc, depth - pc);
         for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
           const int64_t j0 = jp * mr, rows = std::min(mr, N - j0);
-          const T* w_panel = &b(p0 + pc, j0);
-          int64_t lda = ldw;
+          const T* w_panel = &w(j0, p0 + pc);
+          int64_t lda = w.row_stride;
           MicroKernelFn<T> run = kernel.run_a_rows;
           if (rows < mr) {
-            k.pack(w_panel, ldw, b.row_stride, rows, kc, mr, packed_w);
+            pack_a_block<T>(k, w, j0, rows, p0 + pc, kc, mr, packed_w, nullptr);
             int64_t kernel_rows = mr;
             run = covering_kernel(kernel, rows, kernel_rows);
             w_panel = packed_w;
