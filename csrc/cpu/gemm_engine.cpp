@@ -125,22 +125,35 @@ Blocking blocking_for(const MicroKernel<T>& kernel, const CpuProfile& profile) {
   return {kc, mc, nc, single_block_rows};
 }
 
+// Where an operand is contiguous across its panels (the copying pack: grad_output^T as A in
+// grad_weight, a row-major B) each panel takes a short piece of every one of kc rows that lie
+// far apart (4 KiB for 1024 float32 columns). Packed panel after panel, every row's lines and
+// page come back once per panel; packed kPackSteps steps of every panel at a time, a row's
+// lines are used up while in L1 and its page stays in the TLB. grad_weight 1024^3 float32
+// (Emerald Rapids, perf): packing 13.1% -> 7.4% of the call; 1.02-1.04x faster from 1024^3
+// to 4096 x 1024 -> 4096 (21 interleaved rounds), neutral elsewhere. The transposing pack
+// reads whole lines already and keeps panel order.
+constexpr int64_t kPackSteps = 16;
+
 // Packs rows [0, rows) of A[row0:, pc:pc+kc] into MR-row panels, panel[p * MR + i], rows past
 // `rows` zeroed. When row_sums is given, adds each packed row's sum over this kc block to
 // row_sums[i] (k in order, so every run sums alike).
 template <typename T>
 void pack_a_block(const Kernels<T>& k, const MatrixView<T>& a, int64_t row0, int64_t rows, int64_t pc, int64_t kc,
                   int64_t mr, T* packed, T* row_sums) {
+  const int64_t steps = a.row_stride == 1 ? kPackSteps : kc;
+  for (int64_t p0 = 0; p0 < kc; p0 += steps)
+    for (int64_t i0 = 0; i0 < rows; i0 += mr)
+      k.pack(&a(row0 + i0, pc + p0), a.row_stride, a.col_stride, std::min(mr, rows - i0), std::min(steps, kc - p0),
+             mr, packed + i0 * kc + p0 * mr);
+  if (!row_sums) return;
   for (int64_t i0 = 0; i0 < rows; i0 += mr) {
     const int64_t n = std::min(mr, rows - i0);
-    T* panel = packed + i0 * kc;
-    k.pack(&a(row0 + i0, pc), a.row_stride, a.col_stride, n, kc, mr, panel);
-    if (row_sums) {
-      T sums[64] = {};
-      for (int64_t p = 0; p < kc; ++p)
-        for (int64_t i = 0; i < n; ++i) sums[i] += panel[p * mr + i];
-      for (int64_t i = 0; i < n; ++i) row_sums[i0 + i] += sums[i];
-    }
+    const T* panel = packed + i0 * kc;
+    T sums[64] = {};
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t i = 0; i < n; ++i) sums[i] += panel[p * mr + i];
+    for (int64_t i = 0; i < n; ++i) row_sums[i0 + i] += sums[i];
   }
 }
 
@@ -149,6 +162,17 @@ template <typename T>
 void pack_b_panel(const Kernels<T>& k, const MatrixView<T>& b, int64_t pc, int64_t kc, int64_t j0, int64_t nr,
                   T* panel) {
   k.pack(&b(pc, j0), b.col_stride, b.row_stride, std::min(nr, b.cols - j0), kc, nr, panel);
+}
+
+// Packs `panels` consecutive NR-column panels of B from column j0 on, panel q at
+// packed + q * kc * NR; kPackSteps steps at a time where B's rows are contiguous (above).
+template <typename T>
+void pack_b_panels(const Kernels<T>& k, const MatrixView<T>& b, int64_t pc, int64_t kc, int64_t j0, int64_t panels,
+                   int64_t nr, T* packed) {
+  const int64_t steps = b.col_stride == 1 ? kPackSteps : kc;
+  for (int64_t p0 = 0; p0 < kc; p0 += steps)
+    for (int64_t q = 0; q < panels; ++q)
+      pack_b_panel(k, b, pc + p0, std::min(steps, kc - p0), j0 + q * nr, nr, packed + q * nr * kc + p0 * nr);
 }
 
 template <typename T>
@@ -480,7 +504,7 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
 
       if (b_shared) {
         at::parallel_for(0, n_panels, parallel ? 4 : n_panels, [&](int64_t begin, int64_t end) {
-          for (int64_t jp = begin; jp < end; ++jp) pack_b_panel(k, b, pc, kc, jc + jp * nr, nr, packed_b + jp * nr * kc);
+          pack_b_panels(k, b, pc, kc, jc + begin * nr, end - begin, nr, packed_b + begin * nr * kc);
         });
       }
 
