@@ -49,8 +49,8 @@ struct CpuProfile {
   // stream past it, each reused by all of the block's rows.
   int64_t bf16_block_bytes = 512 * 1024;
   // The blocked path reads A in place, unpacked, where A is contiguous across rows (or
-  // row-major, not 4 KiB-aliased) and C has at most this many NR-column panels (each packed A element would be reused by so few of them
-  // that packing it costs more than it saves). Emerald Rapids, grad_weight at one thread
+  // row-major, not 4 KiB-aliased) and C has at most this many NR-column panels (each packed A
+  // element would be reused by so few of them that packing it costs more than it saves). Emerald Rapids, grad_weight at one thread
   // against torch: 1024 x 128 -> 128 0.71x -> 0.82x, 1024 x 128 -> 512 0.79x -> 0.88x; 32
   // panels (1024^3) in place fell to 0.73x.
   int64_t a_in_place_max_panels = 8;

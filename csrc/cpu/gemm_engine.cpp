@@ -49,7 +49,8 @@
 // Small products (M*N*K <= small_max_madds, one kc and one nc block) run in one thread
 // region: each task packs its own share of B beside its A block, instead of a region for
 // packing B followed by one for the tiles; their row-major A is read in place at any width.
-// The copying packs take kPackSteps k steps of every panel at a time (pack_a_block).
+// The copying packs take kPackSteps k steps of every panel at a time (pack_a_block,
+// pack_b_panels).
 // The bias is added by the micro-kernel when the last kc block is stored (fused epilogue);
 // the activation epilogue (linear_act_forward) follows on the same tile, still in L1.
 // Row sums of A (grad_bias while packing grad_output^T for grad_weight) are taken from the
@@ -470,19 +471,19 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
   // are read in place when few B panels would reuse a packed copy: packing costs about as
   // much per element as a few panels of arithmetic on it (the copy waits on lines of rows far
   // apart). Not for wider C: rows of A 4 KiB apart then share cache sets and thrash.
-  const bool a_in_place = a.row_stride == 1 && ceil_div(N, nr) <= profile.a_in_place_max_panels;
+  const bool narrow_c = ceil_div(N, nr) <= profile.a_in_place_max_panels;
+  const bool a_in_place = a.row_stride == 1 && narrow_c;
   // A row-major A (the forward's x, grad_input's grad_output) has its full MR-row panels
   // read in place too, by the kernel that broadcasts along rows, in a small product or where
   // C is at most a_in_place_max_panels panels wide. There packing is a large share of the
   // call (64^3 float64 forward, perf: 11.6% of the samples in the packing transposes, 36.4%
-  // in the micro-kernel; grad_input of the 1024 x 128 -> 512 layer, float32: 14%), the panels are
-  // used by every B panel while they are in L1, and a packed panel touches as many lines per
-  // k step as the rows do. The transformer layers, float32, one thread: the forward of
+  // in the micro-kernel; grad_input of the 1024 x 128 -> 512 layer, float32: 14%), the
+  // panels are used by every B panel while they are in L1, and a packed panel touches as many
+  // lines per k step as the rows do. The transformer layers, float32, one thread: the forward of
   // 1024 x 128 -> 128 and 1024 x 512 -> 128, grad_input of 1024 x 128 -> 512 1.04-1.11x (two
   // in-process A/B runs, 21 rounds; two threads 1.00-1.09x), float64 unchanged.
   // Not where the rows lie a multiple of 4 KiB apart: all MR rows then share one L1 set.
-  const bool a_rows_in_place = !a_in_place && (small || ceil_div(N, nr) <= profile.a_in_place_max_panels) &&
-                               a.col_stride == 1 && kernel.run_a_rows &&
+  const bool a_rows_in_place = !a_in_place && (small || narrow_c) && a.col_stride == 1 && kernel.run_a_rows &&
                                (a.row_stride * static_cast<int64_t>(sizeof(T))) % 4096 != 0;
   // Otherwise, with a single row block, each B panel is packed by the task that uses it just
   // before its tiles, into private memory that stays in cache; all of B written out to memory
