@@ -77,6 +77,13 @@ def forward_path(M, K, N):
     return _C.cpu_gemm_path(M, N, K, 1, 1, K, False)
 
 
+def w_rows_thrash_l1(K, element_bytes):
+    # gemm_engine.cpp's choose_path: W's rows a multiple of 4 KiB apart share L1 sets; an L1
+    # under 48 KiB (8-way) does not keep a W panel's rows, so the transposed path is refused
+    l1d = int(_C.build_info()["cpu_profile"]["l1d_bytes"])
+    return (K * element_bytes) % 4096 == 0 and 0 < l1d < 48 * 1024
+
+
 def test_path_rules_follow_the_profile(profile):
     profile("direct_max_madds", 4096)
     profile("stream_max_depth", 4)
@@ -104,15 +111,18 @@ def test_path_rules_follow_the_profile(profile):
     profile("transposed_min_depth", 512)
     profile("small_max_madds", 1 << 20)
     nr = {"avx512": 32, "avx2": 16}.get(_C.build_info()["cpu_isa"]["selected"], 8)  # float32 x panel rows
-    assert forward_path(8 * nr, 4096, 4096) == "transposed"
-    assert forward_path(7 * nr + 4, 4096, 4096) == "transposed"  # last x panel 1/2 full, 7/8 of all
-    assert forward_path(5 * nr + 1, 4096, 4096) == "dot"         # padding over 1/8: back to dot
-    assert forward_path(257, 4096, 4096) == "blocked"
+    # K = 4000: W's rows are not 4 KiB apart (see the L1 rule below)
+    assert forward_path(8 * nr, 4000, 4096) == "transposed"
+    assert forward_path(7 * nr + 4, 4000, 4096) == "transposed"  # last x panel 1/2 full, 7/8 of all
+    assert forward_path(5 * nr + 1, 4000, 4096) == "dot"         # padding over 1/8: back to dot
+    assert forward_path(257, 4000, 4096) == "blocked"
     assert forward_path(8 * nr, 511, 4096) != "transposed"
     assert forward_path(64, 512, 32) == "dot"                    # a small product
-    assert backward_paths(64, 4096, 4096) == ("blocked", "blocked")
+    assert backward_paths(64, 4000, 4096) == ("blocked", "blocked")
+    # W's rows 4 KiB apart (K = 4096 float32) would evict each other from an L1 under 48 KiB
+    assert (forward_path(8 * nr, 4096, 4096) == "transposed") == (not w_rows_thrash_l1(4096, 4))
     profile("transposed_max_rows", 0)
-    assert forward_path(8 * nr, 4096, 4096) == ("blocked" if 8 * nr > 192 else "dot")
+    assert forward_path(8 * nr, 4000, 4096) == ("blocked" if 8 * nr > 192 else "dot")
     # the thresholds are the profile's
     profile("dot_min_depth", 64)
     assert forward_path(64, 64, 64) == "dot"
@@ -188,7 +198,11 @@ def test_paths_match_float64(cpu_isa, profile, path, shape, params, dtype):
         profile(name, value)
     M, K, N = shape
     if path == "transposed" and cpu_isa != "reference":
-        assert _C.cpu_gemm_path(M, N, K, 1, 1, K, False, torch.finfo(dtype).bits // 8) == "transposed"
+        element_bytes = torch.finfo(dtype).bits // 8
+        # the engine keeps W's rows 4 KiB apart off the transposed path on an L1 under 48 KiB
+        # (Zen 4); the case then checks the path it takes instead
+        expected = "transposed" if not w_rows_thrash_l1(K, element_bytes) else "dot"
+        assert _C.cpu_gemm_path(M, N, K, 1, 1, K, False, element_bytes) == expected
     check_linear(*random_case(M, K, N, dtype), f"{path} isa={cpu_isa} {shape}")
 
 
