@@ -144,7 +144,9 @@ def test_reference_isa_reports_reference():
 # --------------------------------------------------------------------------- each path, each ISA
 
 # (M, K, N) of the layer and the parameters that send its products down one path.
-TRANSPOSED = {"transposed_max_rows": 256, "transposed_min_depth": 1, "small_max_madds": 0}
+# the dot rule is pinned too: it takes the cases the L1 rule keeps off the transposed path
+TRANSPOSED = {"transposed_max_rows": 256, "transposed_min_depth": 1, "small_max_madds": 0,
+              "dot_max_rows": 192, "dot_min_depth": 128}
 
 PATH_CASES = [
     # outer (grad_weight, depth = batch 1..4) and gemv (grad_input, 1..4 rows): columns not

@@ -99,13 +99,33 @@ bool is_intel_avx512_server(const CpuId& id) {
 
 CpuProfile named_profile(const std::string& name, const CpuId& id) {
   if (name == "zen4") {
-    CpuProfile p;  // the defaults of CpuProfile are the Zen 4/5 blocking
+    // Measured on a 2-core Zen 4 EPYC (family 25 model 17; 32 KiB 8-way L1d, 1 MiB L2 per
+    // core) at one thread with benchmarks/sweep_profile.py
+    // (benchmarks/results/sweep_zen4_1thread*.md). kc 512 best or tied (192-768 within 1-8%);
+    // mc 48-288 and nc 1024-8192 within 1-2%: the defaults stay. Paths, float32:
+    //   - the dot path loses to the blocked one wherever more than a few rows share B: 128^3 and
+    //     64 x 128 -> 128 1.5x slower, 64 x 4096 -> 4096 1.07x; it wins at 8-16 rows
+    //     (8 x 4096 -> 4096 1.41x faster, 16 x 1024 -> 1024 1.27x) and at 32 rows for long K
+    //     (32 x 4096 -> 4096 1.17x; the transposed path is refused there, W's rows 4 KiB apart);
+    //   - the transposed path (W's rows in place) beats both where W's rows are not 4 KiB
+    //     apart: 32 / 64 / 128 / 192 / 256 x 4000 -> 4000 1.53x / 1.30x / 1.30x / 1.11x / 1.05x
+    //     faster, 64 x 1000 -> 1000 1.21x; from K = 256 on (64 x 256 -> 4000 1.03x);
+    //   - where they are (K = 1024, 2048, 4096) it is 1.00-1.14x slower than the blocked path on
+    //     this 8-way L1, as gemm_engine.cpp's L1 rule assumes;
+    //   - the outer product pays off up to depth 8 (M = 1 / 8 x 1024 -> 1024 backward 1.21x /
+    //     1.17x faster than depth 4).
+    CpuProfile p;
     p.name = "zen4";
     p.isa = "avx512";
     p.measured =
-        "blocking measured on a 2-core Zen 4 EPYC (family 25 model 17) in issue #13 (kc 256/384 lose 2-7%); "
-        "dot_min_depth from the same issue's 64^3 figures; not measured in this session";
-    p.dot_min_depth = 128;
+        "measured on a 2-core AMD Zen 4 EPYC (family 25 model 17) with benchmarks/sweep_profile.py; other Zen 4 "
+        "parts (Raphael, Phoenix, Bergamo) use it unmeasured";
+    p.dot_max_rows = 32;
+    p.dot_min_depth = 1024;
+    p.dot_thin_rows = 16;
+    p.transposed_max_rows = 256;
+    p.transposed_min_depth = 256;
+    p.stream_max_depth = 8;
     p.small_max_madds = 128 * 128 * 128;
     return p;
   }
