@@ -63,6 +63,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <type_traits>
@@ -80,6 +81,7 @@ namespace pylibnn::cpu {
 namespace {
 
 constexpr int64_t kMaxTileElements = 1024;  // largest MR x NR of any micro-kernel (AMX: 32 x 32)
+constexpr int64_t kMaxPanelRows = 64;       // largest MR of any micro-kernel (per-panel buffers)
 constexpr int64_t kCacheLine = 64;
 
 // M * N * K, saturated: with stride-0 operands the sizes are not bounded by memory, and a
@@ -427,7 +429,7 @@ void gemm_blocked(const GemmArgs<T>& args, const Kernels<T>& k, const CpuProfile
   const MicroKernel<T>& kernel = k.broadcast;
   const int64_t M = a.rows, K = a.cols, N = b.cols;
   const int64_t mr = kernel.mr, nr = kernel.nr;
-  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= kMaxPanelRows);
   const Blocking blk = blocking_for(kernel, profile);
   if (args.a_row_sums) std::fill(args.a_row_sums, args.a_row_sums + M, T(0));
   const T* bias = padded_bias(args, N, nr);
@@ -795,8 +797,13 @@ struct WideningPanels {
   void end() const {}
   bool transposes_tiles() const { return false; }
   void transpose_tile(float*) const {}
-  // A(i, p) of a packed A panel, for the row sums
-  float a_value(const Packed* panel, int64_t, int64_t p, int64_t i) const { return panel[p * kernel.mr + i]; }
+  // sums[i] += sum over p of A(i, p), i < MR, from a packed A panel (p-major: each step's MR
+  // values are adjacent, so the adds run across i, in vectors)
+  void add_row_sums(const Packed* panel, int64_t depth, float* sums) const {
+    const int64_t mr = kernel.mr;
+    for (int64_t p = 0; p < depth; ++p)
+      for (int64_t i = 0; i < mr; ++i) sums[i] += panel[p * mr + i];
+  }
   void round(const float* tile, In* dst, int64_t ld, int64_t rows, int64_t cols) const {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t q = 0; q < cols; ++q) dst[r * ld + q] = In(tile[r * kernel.nr + q]);
@@ -805,6 +812,12 @@ struct WideningPanels {
 
 struct NativeBf16Panels {
   using Packed = uint16_t;
+  static float widen_bits(Packed bits) {
+    const uint32_t word = uint32_t(bits) << 16;
+    float value;
+    std::memcpy(&value, &word, sizeof value);
+    return value;
+  }
   static constexpr bool kNative = true;
   static constexpr int64_t kPackAliasedAMinPanels = 4;  // reads_a_in_place
   const Bf16Kernel& kernel;
@@ -853,10 +866,29 @@ struct NativeBf16Panels {
   void end() const {
     if (kernel.end) kernel.end();
   }
-  // A(i, p) of a packed A panel (rows or pairs, gemm_microkernels.h), for the row sums
-  float a_value(const Packed* panel, int64_t depth, int64_t p, int64_t i) const {
-    const Packed bits = kernel.a_rows ? panel[i * a_panel_stride(depth) + p] : panel[(p / 2) * kernel.mr * 2 + i * 2 + p % 2];
-    return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
+  // sums[i] += sum over p of A(i, p), i < MR, from a packed A panel (rows or pairs,
+  // gemm_microkernels.h), read in memory order: in pairs, lane t of a step pair is (row t / 2,
+  // step parity t % 2), so 2 MR partial sums add across lanes, in vectors; rows are summed in
+  // 16 interleaved partial sums for the same reason. Zen 4, bfloat16 grad_weight + grad_bias of
+  // 1024 x 128 -> 512 at one thread: element by element, the sums took 0.38 of its 1.08 ms.
+  void add_row_sums(const Packed* panel, int64_t depth, float* sums) const {
+    const int64_t mr = kernel.mr;
+    if (kernel.a_rows) {
+      for (int64_t i = 0; i < mr; ++i) {
+        const Packed* row = panel + i * a_panel_stride(depth);
+        float partial[16] = {};
+        int64_t p = 0;
+        for (; p + 16 <= depth; p += 16)
+          for (int64_t t = 0; t < 16; ++t) partial[t] += widen_bits(row[p + t]);
+        for (; p < depth; ++p) partial[0] += widen_bits(row[p]);
+        for (int64_t t = 0; t < 16; ++t) sums[i] += partial[t];
+      }
+      return;
+    }
+    float lanes[2 * kMaxPanelRows] = {};
+    for (int64_t q = 0; q < depth / 2; ++q)
+      for (int64_t t = 0; t < 2 * mr; ++t) lanes[t] += widen_bits(panel[q * 2 * mr + t]);
+    for (int64_t i = 0; i < mr; ++i) sums[i] += lanes[2 * i] + lanes[2 * i + 1];
   }
   void round(const float* tile, c10::BFloat16* dst, int64_t ld, int64_t rows, int64_t cols) const {
     kernel.round_to_bf16(tile, kernel.nr, reinterpret_cast<uint16_t*>(dst), ld, rows, cols);
@@ -875,7 +907,7 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   const int64_t M = a.rows, K = a.cols, N = b.cols;
   const int64_t mr = panels.mr(), nr = panels.nr();
   const int64_t depth = panels.packed_depth(K);
-  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= 64);
+  TORCH_INTERNAL_ASSERT(mr * nr <= kMaxTileElements && mr <= kMaxPanelRows);
   const Blocking blk = blocking_for(set.f32, profile);
   // kc = K. The B block (K x nc) keeps the bytes of the profile's float32 kc x nc; the A
   // block (mc x K) those of its float32 mc x kc when widened, and bf16_block_bytes on the
@@ -947,9 +979,8 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
         Packed* panel = a_in_place ? packed_a : packed_a + i0 / mr * a_panel_elements;
         panels.pack_a(&a(ic + i0, 0), a.row_stride, a.col_stride, n, K, panel);
         if (sums && jc == 0 && chunk == 0) {
-          float s[64] = {};
-          for (int64_t p = 0; p < K; ++p)
-            for (int64_t i = 0; i < n; ++i) s[i] += panels.a_value(panel, depth, p, i);
+          float s[kMaxPanelRows] = {};  // the panel's rows past n are zeros
+          panels.add_row_sums(panel, depth, s);
           for (int64_t i = 0; i < n; ++i) sums[ic + i0 + i] = s[i];
         }
       }
