@@ -771,7 +771,9 @@ PackWidenFn widening_pack(const MicroKernelSet& set) {
 //                   micro-kernel, results rounded element by element (bfloat16 and float16)
 //   NativeBf16Panels  bfloat16 panels grouped along k (Bf16Kernel: vdpbf16ps or AMX), the
 //                   results rounded by the kernel's vector conversion
-// Both fill an MR x NR float32 tile (bias included) from panels of packed_depth(K) steps.
+// Both fill an MR x NR float32 tile (bias included) from panels of packed_depth(K) steps; a
+// native kernel with run_rounded (vdpbf16ps) rounds a tile whose epilogue is only the bias
+// into C itself, from its registers.
 template <typename In>
 struct WideningPanels {
   using Packed = float;
@@ -790,7 +792,8 @@ struct WideningPanels {
   int64_t a_panel_elements(int64_t depth) const { return kernel.mr * depth; }
   int64_t a_panel_stride(int64_t) const { return 0; }  // the micro-kernel's panels have no rows
   bool reads_a_in_place(const MatrixView<In>&, int64_t, bool, int64_t) const { return false; }
-  void multiply(int64_t depth, const Packed* a, int64_t, const Packed* b, float* tile, const float* bias) const {
+  void multiply(int64_t depth, const Packed* a, int64_t, bool, int64_t, const Packed* b, float* tile,
+                const float* bias) const {
     kernel.run(depth, a, kernel.mr, b, kernel.nr, tile, kernel.nr, false, bias);
   }
   void begin() const {}
@@ -839,7 +842,10 @@ struct NativeBf16Panels {
     return kernel.a_rows ? kernel.mr * a_panel_stride(depth) : kernel.mr * depth;
   }
   // Row-major A (x in the forward, grad_output in grad_input) is read by the kernel in place
-  // when no step past K needs zeros: no packing of A at all, only of B. Except where its
+  // when no step past K needs zeros: no packing of A at all, only of B (AMX: rows of k steps;
+  // vdpbf16ps: a pair of k steps is one 32-bit word of a row, broadcast as it is; Zen 4, one
+  // thread, against torch: forward 1024 x 512 -> 128 0.89x -> 0.98x, 1024 x 128 -> 128
+  // 1.04x -> 1.12x, 1024 x 128 -> 512 0.97x -> 0.98x). Except where its
   // rows lie a multiple of 2 KiB apart (K = 1024, 2048, ...) and at least
   // kPackAliasedAMinPanels B panels reuse each A panel: a 32-row panel's lines then fall into
   // two of L1's 64 sets, 16 lines to a 12-way set, and a packed copy (rows kBf16RowPadding
@@ -848,15 +854,31 @@ struct NativeBf16Panels {
   // Emerald Rapids, AMX, one thread, against torch in the same process (medians of 15):
   // 2048^3 forward 1.05-1.06x -> 1.13-1.40x, 4096 x 1024 -> 4096 0.99-1.13x -> 1.06-1.22x,
   // 1024^3 0.97-1.04x -> 0.94-1.01x; packing also for one B panel took the 1 x 4096 -> 4096
-  // and 8 x 4096 -> 4096 forward from 1.58x to 0.88x.
+  // and 8 x 4096 -> 4096 forward from 1.58x to 0.88x. The vdpbf16ps kernel (12 rows) keeps
+  // the same rule, unmeasured.
   bool reads_a_in_place(const MatrixView<c10::BFloat16>& a, int64_t K, bool row_sums, int64_t b_panels) const {
     const bool rows_share_sets = (a.row_stride * static_cast<int64_t>(sizeof(Packed))) % 2048 == 0;
     const bool pack_instead = rows_share_sets && b_panels >= kPackAliasedAMinPanels;
-    return kernel.a_rows && a.col_stride == 1 && K == packed_depth(K) && !row_sums && !pack_instead;
+    const bool kernel_reads_a = kernel.a_rows || kernel.run_a_in_place;
+    return kernel_reads_a && a.col_stride == 1 && K == packed_depth(K) && !row_sums && !pack_instead;
   }
 
-  void multiply(int64_t depth, const Packed* a, int64_t lda, const Packed* b, float* tile, const float* bias) const {
-    kernel.run(depth, a, lda, b, tile, bias);
+  // a: a packed panel (lda: its row stride, a_rows kernels), or (a_in_place) A itself, rows of
+  // it in the tile
+  void multiply(int64_t depth, const Packed* a, int64_t lda, bool a_in_place, int64_t rows, const Packed* b,
+                float* tile, const float* bias) const {
+    if (a_in_place && !kernel.a_rows)
+      kernel.run_a_in_place(depth, a, lda, rows, b, tile, bias);
+    else
+      kernel.run(depth, a, lda, b, tile, bias);
+  }
+  // The tile rounded into C by the kernel itself, where it can (a tile with no activation,
+  // no preactivation and no transpose); false: the caller takes multiply's float32 tile.
+  bool multiply_rounded(int64_t depth, const Packed* a, int64_t lda, bool a_in_place, const Packed* b,
+                        const float* bias, c10::BFloat16* dst, int64_t ldd, int64_t rows, int64_t cols) const {
+    if (!kernel.run_rounded) return false;
+    kernel.run_rounded(depth, a, lda, a_in_place, b, bias, reinterpret_cast<uint16_t*>(dst), ldd, rows, cols);
+    return true;
   }
   bool transposes_tiles() const { return kernel.transpose_tile != nullptr; }
   void transpose_tile(float* tile) const { kernel.transpose_tile(tile); }
@@ -943,6 +965,7 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
   const bool a_in_place = panels.reads_a_in_place(a, K, sums != nullptr, ceil_div(N, nr));
   const int64_t a_panel_elements = panels.a_panel_elements(depth);
+  const bool plain_epilogue = !transposed_output && !args.preactivation && args.activation == Activation::None;
 
   for (int64_t jc = 0; jc < N; jc += nc) {
     const int64_t width = std::min(nc, N - jc);
@@ -966,11 +989,13 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
       const int64_t ic = p0 * mr, rows_in_block = std::min(M, p1 * mr) - ic;
       // A panels: packed, or (a_in_place) A's own rows, only a partial last panel packed
       Packed* packed_a = scratch_for<Packed>(ScratchSlot::PackedA, (a_in_place ? 1 : max_block_rows / mr) * a_panel_elements);
-      const auto a_panel = [&](int64_t i0, int64_t& lda) -> const Packed* {
+      const auto a_panel = [&](int64_t i0, int64_t& lda, bool& in_place) -> const Packed* {
         lda = panels.a_panel_stride(depth);
+        in_place = false;
         if (!a_in_place) return packed_a + i0 / mr * a_panel_elements;
         if (rows_in_block - i0 < mr) return packed_a;
         lda = a.row_stride;
+        in_place = true;
         return reinterpret_cast<const Packed*>(&a(ic + i0, 0));
       };
       for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
@@ -984,36 +1009,47 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
           for (int64_t i = 0; i < n; ++i) sums[ic + i0 + i] = s[i];
         }
       }
-      const int64_t jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
-      Packed* private_b = b_private ? scratch_for<Packed>(ScratchSlot::Edge, nr * depth) : nullptr;
-      panels.begin();
-      for (int64_t jp = chunk * panels_per_chunk; jp < jp_end; ++jp) {
+      const int64_t jp_begin = chunk * panels_per_chunk, jp_end = std::min(n_panels, (chunk + 1) * panels_per_chunk);
+      // one tile: rows i0.. of the block against B panel jp
+      const auto compute_tile = [&](int64_t jp, int64_t i0, const Packed* b_panel) {
         const int64_t j = jc + jp * nr, cols = std::min(nr, N - j);
+        const int64_t rows = std::min(mr, rows_in_block - i0);
+        int64_t lda = 0;
+        bool in_place = false;
+        const Packed* a_tile_rows = a_panel(i0, lda, in_place);
+        const float* tile_bias = (bias && !transposed_output) ? bias + j : nullptr;
+        if constexpr (Panels::kNative) {
+          if (plain_epilogue && panels.multiply_rounded(depth, a_tile_rows, lda, in_place, b_panel, tile_bias,
+                                                        args.c + (ic + i0) * args.ldc + j, args.ldc, rows, cols))
+            return;
+        }
+        panels.multiply(depth, a_tile_rows, lda, in_place, rows, b_panel, tile, tile_bias);
+        // the tile's place in C: (i, j), rows x cols; or its transpose at (j, i)
+        int64_t i = ic + i0, j_out = j, rows_out = rows, cols_out = cols;
+        if (transposed_output) {
+          panels.transpose_tile(tile);
+          std::swap(i, j_out);
+          std::swap(rows_out, cols_out);
+          if (bias)
+            for (int64_t r = 0; r < rows_out; ++r)
+              for (int64_t q = 0; q < cols_out; ++q) tile[r * nr + q] += bias[j_out + q];
+        }
+        if (args.preactivation)
+          panels.round(tile, args.preactivation + i * args.ld_preactivation + j_out, args.ld_preactivation, rows_out,
+                       cols_out);
+        if (args.activation != Activation::None)
+          activation.activate(args.activation, tile, nr, tile, nr, rows_out, cols_out);
+        panels.round(tile, args.c + i * args.ldc + j_out, args.ldc, rows_out, cols_out);
+      };
+      panels.begin();
+      // Each B panel in L1 against all the block's A panels (from L2). The other order (all of the
+      // chunk's B panels packed first, each A panel against them) measured the same on Zen 4
+      // (bfloat16 1024 x 512 -> 128 / 1024 x 128 -> 512 forward, one thread: 1.02x / 0.98x).
+      Packed* private_b = b_private ? scratch_for<Packed>(ScratchSlot::Edge, nr * depth) : nullptr;
+      for (int64_t jp = jp_begin; jp < jp_end; ++jp) {
         if (b_private) pack_b_panel(jp, private_b);
         const Packed* b_panel = b_private ? private_b : packed_b + jp * nr * depth;
-        for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) {
-          const int64_t rows = std::min(mr, rows_in_block - i0);
-          int64_t lda = 0;
-          const Packed* a_tile_rows = a_panel(i0, lda);
-          const float* tile_bias = (bias && !transposed_output) ? bias + j : nullptr;
-          panels.multiply(depth, a_tile_rows, lda, b_panel, tile, tile_bias);
-          // the tile's place in C: (i, j), rows x cols; or its transpose at (j, i)
-          int64_t i = ic + i0, j_out = j, rows_out = rows, cols_out = cols;
-          if (transposed_output) {
-            panels.transpose_tile(tile);
-            std::swap(i, j_out);
-            std::swap(rows_out, cols_out);
-            if (bias)
-              for (int64_t r = 0; r < rows_out; ++r)
-                for (int64_t q = 0; q < cols_out; ++q) tile[r * nr + q] += bias[j_out + q];
-          }
-          if (args.preactivation)
-            panels.round(tile, args.preactivation + i * args.ld_preactivation + j_out, args.ld_preactivation, rows_out,
-                         cols_out);
-          if (args.activation != Activation::None)
-            activation.activate(args.activation, tile, nr, tile, nr, rows_out, cols_out);
-          panels.round(tile, args.c + i * args.ldc + j_out, args.ldc, rows_out, cols_out);
-        }
+        for (int64_t i0 = 0; i0 < rows_in_block; i0 += mr) compute_tile(jp, i0, b_panel);
       }
       panels.end();
     });

@@ -178,6 +178,17 @@ using PackGroupedFn = void (*)(const uint16_t* src, int64_t line_stride, int64_t
                                int64_t depth, int64_t packed_depth, int64_t width, uint16_t* out);
 using Bf16MicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a_panel, int64_t lda,
                                    const uint16_t* b_panel, float* tile, const float* bias);
+// A pairs kernel (not a_rows) reading A in place instead of a packed panel: row i of the
+// tile at a[i * lda + p], its k steps contiguous (K == packed_depth), rows < MR of them
+// (the others are computed from the last row and left out).
+using Bf16InPlaceMicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a, int64_t lda, int64_t rows,
+                                          const uint16_t* b_panel, float* tile, const float* bias);
+// The same product with its epilogue in registers: dst (rows x cols of the tile, bfloat16
+// bits, leading dimension ldd) = round(A @ B_panel + bias), for tiles with no activation and
+// no preactivation output; A a packed panel, or A in place as above.
+using Bf16RoundedMicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a, int64_t lda, bool a_in_place,
+                                          const uint16_t* b_panel, const float* bias, uint16_t* dst, int64_t ldd,
+                                          int64_t rows, int64_t cols);
 // dst (rows x cols, bfloat16 bits) = src (float32) rounded to nearest even.
 using RoundToBf16Fn = void (*)(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows,
                                int64_t cols);
@@ -194,6 +205,8 @@ struct Bf16Kernel {
   PackGroupedFn pack_a;
   PackGroupedFn pack_b;
   Bf16MicroKernelFn run;
+  Bf16InPlaceMicroKernelFn run_a_in_place;  // nullptr: A in place only through run (a_rows)
+  Bf16RoundedMicroKernelFn run_rounded;      // nullptr: run, then round_to_bf16
   RoundToBf16Fn round_to_bf16;
   // Called on a thread before its first and after its last run of one task (AMX: load and
   // release the tile configuration); nullptr when not needed.
