@@ -13,6 +13,8 @@
 //               several B panels reuse it; else packed into rows), B in pairs (G = 2: a 16-pair x
 //               16-column block is one tile); per 32 k steps, 2 A and 2 B tile loads feed 4
 //               tdpbf16ps (16 x 16 x 32 multiply-adds each).
+//   dot:        4 x 4 outputs of A B^T with both read in place along k (a thin forward): 16
+//               zmm accumulators of 16 pairs each, summed horizontally once at the end.
 // Packing moves 16 lines x 32 k steps at a time as 16 vectors of 32-bit words (pairs of
 // bfloat16): lines contiguous along k (x, W in the forward) are loaded as they are; k steps
 // contiguous across lines (the backward's operands) are loaded two steps at a time and
@@ -197,6 +199,35 @@ void dpbf16_kernel_12x32_rounded(int64_t packed_depth, const uint16_t* a, int64_
   }
 }
 
+// The dot kernel (Bf16DotKernelFn): c (rows x cols of 4 x 4, float32) = A B^T for A and B^T
+// both contiguous along k (x and W in the forward), read in place: per 32 k steps, one zmm
+// load from each of the 4 rows of A and of B^T (16 pairs, the layout vdpbf16ps reads) into 16
+// vdpbf16ps, the last steps by masked loads (zeros past K), one horizontal sum per output at
+// the end. Rows and columns past rows / cols repeat the last one and are not stored.
+void dpbf16_dot_4x4(int64_t depth, const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* b, int64_t ldb,
+                    int64_t cols, float* c, int64_t ldc) {
+  constexpr int R = 4, C = 4;
+  const uint16_t* a_row[R];
+  const uint16_t* b_row[C];
+  for (int i = 0; i < R; ++i) a_row[i] = a + std::min<int64_t>(i, rows - 1) * lda;
+  for (int j = 0; j < C; ++j) b_row[j] = b + std::min<int64_t>(j, cols - 1) * ldb;
+  __m512 acc[R][C];
+  for (auto& r : acc)
+    for (auto& x : r) x = _mm512_setzero_ps();
+  const auto step = [&](int64_t p, __mmask32 mask) {
+    __m512bh av[R], bv[C];
+    for (int i = 0; i < R; ++i) av[i] = (__m512bh)_mm512_maskz_loadu_epi16(mask, a_row[i] + p);
+    for (int j = 0; j < C; ++j) bv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, b_row[j] + p);
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av[i], bv[j]);
+  };
+  int64_t p = 0;
+  for (; p + kSteps <= depth; p += kSteps) step(p, ~__mmask32(0));
+  if (p < depth) step(p, __mmask32((1u << (depth - p)) - 1));
+  for (int i = 0; i < R && i < rows; ++i)
+    for (int j = 0; j < C && j < cols; ++j) c[i * ldc + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
 // The tile configuration of the AMX kernel: tmm0..3 = C (16 rows x 16 float32), tmm4..5 = A
 // (16 rows x 32 bfloat16), tmm6..7 = B (16 pairs x 16 columns x 2 bfloat16); 64 bytes a row.
 struct alignas(64) TileConfig {
@@ -294,12 +325,13 @@ void round_to_bf16(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, in
 
 Bf16Kernel bf16_kernel_avx512bf16() {
   return {"avx512bf16", 12, 32, 2, false, &pack_grouped<2>, &pack_grouped<2>, &dpbf16_kernel_12x32,
-          &dpbf16_kernel_12x32_a_in_place, &dpbf16_kernel_12x32_rounded, &round_to_bf16, nullptr, nullptr, nullptr};
+          &dpbf16_kernel_12x32_a_in_place, &dpbf16_kernel_12x32_rounded, &round_to_bf16, nullptr, nullptr, nullptr,
+          &dpbf16_dot_4x4, 4, 4};
 }
 
 Bf16Kernel bf16_kernel_amx() {
   return {"amx", 32, 32, kSteps, true, &pack_grouped<kRows>, &pack_grouped<2>, &amx_kernel_32x32, nullptr,
-          nullptr, &round_to_bf16, &amx_begin, &amx_end, &transpose_tile_32x32};
+          nullptr, &round_to_bf16, &amx_begin, &amx_end, &transpose_tile_32x32, nullptr, 0, 0};
 }
 
 }  // namespace pylibnn::cpu

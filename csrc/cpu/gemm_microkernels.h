@@ -189,6 +189,11 @@ using Bf16InPlaceMicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* 
 using Bf16RoundedMicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a, int64_t lda, bool a_in_place,
                                           const uint16_t* b_panel, const float* bias, uint16_t* dst, int64_t ldd,
                                           int64_t rows, int64_t cols);
+// c (rows x cols float32, leading dimension ldc; at most dot_rows x dot_cols) = A B^T over
+// depth k steps, A (rows at a + i * lda) and B^T (rows at b + j * ldb) contiguous along k,
+// read in place.
+using Bf16DotKernelFn = void (*)(int64_t depth, const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* b,
+                                 int64_t ldb, int64_t cols, float* c, int64_t ldc);
 // dst (rows x cols, bfloat16 bits) = src (float32) rounded to nearest even.
 using RoundToBf16Fn = void (*)(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows,
                                int64_t cols);
@@ -215,6 +220,12 @@ struct Bf16Kernel {
   // An MR x NR float32 tile transposed in place (MR == NR), for the swapped product
   // C^T = B^T A^T (gemm_engine.cpp); nullptr when the kernel has none.
   void (*transpose_tile)(float* tile);
+  // The dot path's kernel and its tile. nullptr for AMX: there the thin forward runs the
+  // swapped product with W in place (gemm_engine.cpp, measured on Emerald Rapids), and this
+  // kernel has not been measured against it.
+  Bf16DotKernelFn dot;
+  int64_t dot_rows;
+  int64_t dot_cols;
 };
 
 Bf16Kernel bf16_kernel_avx512bf16();  // defined only when PYLIBNN_HAVE_AVX512BF16
