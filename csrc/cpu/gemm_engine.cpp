@@ -742,6 +742,16 @@ float widen_scalar(In v) {
   return static_cast<float>(v);
 }
 
+// The bias of a reduced-precision product in float32 (per-thread scratch), `length` values
+// zero-padded to `padded`; nullptr without a bias.
+template <typename In>
+float* widened_bias(const GemmArgs<In>& args, int64_t length, int64_t padded) {
+  if (!args.bias) return nullptr;
+  float* bias = scratch_for<float>(ScratchSlot::Bias, padded);
+  for (int64_t j = 0; j < padded; ++j) bias[j] = j < length ? widen_scalar(args.bias[j * args.bias_stride]) : 0.0f;
+  return bias;
+}
+
 template <typename In>
 void gemm_widened_reference(const GemmArgs<In>& args) {
   const int64_t M = args.a.rows, K = args.a.cols, N = args.b.cols;
@@ -942,12 +952,8 @@ void gemm_reduced_blocked(const GemmArgs<In>& args, const Panels& panels, const 
 
   // bias in float32, padded to whole tiles
   TORCH_INTERNAL_ASSERT(!transposed_output || (mr == nr && panels.transposes_tiles()));
-  float* bias = nullptr;
-  if (args.bias) {
-    const int64_t length = transposed_output ? M : N, padded = round_up(length, nr);
-    bias = scratch_for<float>(ScratchSlot::Bias, padded);
-    for (int64_t j = 0; j < padded; ++j) bias[j] = j < length ? widen_scalar(args.bias[j * args.bias_stride]) : 0.0f;
-  }
+  const int64_t bias_length = transposed_output ? M : N;
+  const float* bias = widened_bias(args, bias_length, round_up(bias_length, nr));
   float* sums = args.a_row_sums ? scratch_for<float>(ScratchSlot::RowSums, M) : nullptr;
   if (sums) std::fill(sums, sums + M, 0.0f);
 
@@ -1099,11 +1105,7 @@ void gemm_widened_thin(const GemmArgs<In>& args, bool outer, const MicroKernelSe
   const StreamWidenKernelFn stream = widening_stream<In>(set);
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
   const Bf16Kernel* native = std::is_same_v<In, c10::BFloat16> ? selected_bf16_kernel() : nullptr;
-  float* bias = nullptr;
-  if (args.bias) {
-    bias = scratch_for<float>(ScratchSlot::Bias, N);
-    for (int64_t j = 0; j < N; ++j) bias[j] = widen_scalar(args.bias[j * args.bias_stride]);
-  }
+  const float* bias = widened_bias(args, N, N);
   // A in float32, row-major M x K (a few rows, or K <= stream_max_depth columns)
   float* a32 = scratch_for<float>(ScratchSlot::RowSums, M * K);
   for (int64_t i = 0; i < M; ++i)
@@ -1156,12 +1158,7 @@ void gemm_widened_dot(const GemmArgs<In>& args, const Bf16Kernel& native, const 
   const int64_t M = a.rows, K = a.cols, N = b.cols;
   const int64_t rows_per_tile = native.dot_rows, cols_per_tile = native.dot_cols;
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
-  const float* bias = nullptr;
-  if (args.bias) {
-    float* widened = scratch_for<float>(ScratchSlot::Bias, N);
-    for (int64_t j = 0; j < N; ++j) widened[j] = widen_scalar(args.bias[j * args.bias_stride]);
-    bias = widened;
-  }
+  const float* bias = widened_bias(args, N, N);
   const uint16_t* a_bits = reinterpret_cast<const uint16_t*>(a.data);
   const uint16_t* b_bits = reinterpret_cast<const uint16_t*>(b.data);
   const int64_t strips = ceil_div(N, cols_per_tile);
