@@ -45,28 +45,36 @@ const Entry* find_named(const std::vector<Entry>& table, const std::string& name
 
 struct IsaEntry {
   const char* name;
-  const MicroKernelSet* kernels;  // nullptr for the reference loop
+  const MicroKernelSet* kernels;  // nullptr for the reference loop and for a set this CPU cannot run
   bool supported;
+  bool compiled;  // a micro-kernel set of this library (not the reference loop)
 };
+
+// The set made by `make` (microkernels_avx512(), ...) when this CPU runs it, else nullptr.
+// The makers are compiled with their ISA's flags, and the compiler uses that ISA even to fill
+// the table (an EVEX vpbroadcastq in microkernels_avx512()): calling one on a CPU without the
+// ISA raises SIGILL, as it did on AVX2-only Zen 3 at the first build_info().
+const MicroKernelSet* kernels_if(bool supported, MicroKernelSet (*make)()) {
+  return supported ? new MicroKernelSet(make()) : nullptr;  // made once, kept for the process
+}
 
 // Best first. Built once, on first use; the sets are plain data afterwards.
 const std::vector<IsaEntry>& isa_table() {
   static const std::vector<IsaEntry> table = [] {
     std::vector<IsaEntry> entries;
 #if defined(PYLIBNN_HAVE_AVX512)
-    static const MicroKernelSet avx512 = microkernels_avx512();
-    entries.push_back({"avx512", &avx512,
-                       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma")});
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    entries.push_back({"avx512", kernels_if(avx512, &microkernels_avx512), avx512, true});
 #endif
 #if defined(PYLIBNN_HAVE_AVX2)
-    static const MicroKernelSet avx2 = microkernels_avx2();
-    entries.push_back({"avx2", &avx2, __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                         __builtin_cpu_supports("f16c")});
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
+    entries.push_back({"avx2", kernels_if(avx2, &microkernels_avx2), avx2, true});
 #endif
     static const MicroKernelSet portable = microkernels_portable();
-    entries.push_back({"portable", &portable, true});
-    entries.push_back({"reference", nullptr, true});
+    entries.push_back({"portable", &portable, true, true});
+    entries.push_back({"reference", nullptr, true, false});
     return entries;
   }();
   return table;
@@ -133,13 +141,15 @@ const std::vector<Bf16Entry>& bf16_table() {
   static const std::vector<Bf16Entry> table = [] {
     std::vector<Bf16Entry> entries;
 #if defined(PYLIBNN_HAVE_AVX512BF16) && defined(PYLIBNN_HAVE_AVX512)
-    static const Bf16Kernel amx = bf16_kernel_amx();
-    static const Bf16Kernel dpbf16 = bf16_kernel_avx512bf16();
     bool avx512 = false;
     for (const IsaEntry& isa : isa_table()) avx512 = avx512 || (std::strcmp(isa.name, "avx512") == 0 && isa.supported);
     const bool bf16 = avx512 && cpu_has_avx512_bf16();
-    entries.push_back({"amx", &amx, bf16 && amx_usable()});
-    entries.push_back({"avx512bf16", &dpbf16, bf16});
+    const bool amx = bf16 && amx_usable();
+    // Made only where they run, for the reason kernels_if gives.
+    static const Bf16Kernel* amx_kernel = amx ? new Bf16Kernel(bf16_kernel_amx()) : nullptr;
+    static const Bf16Kernel* dpbf16_kernel = bf16 ? new Bf16Kernel(bf16_kernel_avx512bf16()) : nullptr;
+    entries.push_back({"amx", amx_kernel, amx});
+    entries.push_back({"avx512bf16", dpbf16_kernel, bf16});
 #endif
     entries.push_back({"widened", nullptr, true});
     return entries;
@@ -179,7 +189,7 @@ const Bf16Kernel* selected_bf16_kernel() {
 std::vector<std::string> compiled_isas() {
   std::vector<std::string> names;
   for (const IsaEntry& entry : isa_table())
-    if (entry.kernels) names.emplace_back(entry.name);
+    if (entry.compiled) names.emplace_back(entry.name);
   return names;
 }
 
