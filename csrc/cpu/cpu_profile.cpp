@@ -89,6 +89,12 @@ bool is_zen4(const CpuId& id) {
           (id.model >= 0xa0 && id.model <= 0xaf));
 }
 
+bool is_zen3(const CpuId& id) {
+  // Family 19h models 00-0F (Milan), 20-2F (Vermeer), 40-4F (Rembrandt), 50-5F (Cezanne): AVX2.
+  return id.vendor == "AuthenticAMD" && id.family == 0x19 &&
+         (id.model <= 0x0f || (id.model >= 0x20 && id.model <= 0x2f) || (id.model >= 0x40 && id.model <= 0x5f));
+}
+
 bool is_intel_avx512_server(const CpuId& id) {
   // Skylake-SP/Cascade/Cooper Lake 0x55, Ice Lake-SP 0x6A/0x6C, Sapphire Rapids 0x8F,
   // Emerald Rapids 0xCF, Granite Rapids 0xAD/0xAE.
@@ -126,6 +132,31 @@ CpuProfile named_profile(const std::string& name, const CpuId& id) {
     p.transposed_max_rows = 256;
     p.transposed_min_depth = 256;
     p.stream_max_depth = 8;
+    p.small_max_madds = 128 * 128 * 128;
+    return p;
+  }
+  if (name == "zen3") {
+    // Measured on a 2-core Zen 3 EPYC (family 25 model 1, Milan; AVX2, 32 KiB 8-way L1d,
+    // 512 KiB L2 per core) at one thread with benchmarks/sweep_profile.py
+    // (benchmarks/results/sweep_zen3_1thread.md). This VM's speed drifts by up to 2x within
+    // minutes, so only differences of 1.3x and more between interleaved values are taken:
+    //   - kc 192-768 and mc 48-288 lie within the noise (float32 and float64): the blocking
+    //     derived from the caches stays;
+    //   - the dot path loses to the blocked one from 32 rows on: 64^3 / 128^3 forward 1.9x /
+    //     1.7x slower, 64 x 512 -> 512 1.5x, 64 x 4096 -> 4096 1.46x; at 8-16 rows it ties;
+    //   - the transposed path (W's rows in place, where they are not 4 KiB apart) is 1.8x /
+    //     1.5x / 1.2x faster at 16 / 32 / 64 x 4000 -> 4000, a tie at 128 rows and more;
+    //   - one thread region for products up to 128^3 (small_max_madds, as zen4): 64^3 fwd+bwd
+    //     1.02-1.08x faster than none, 128^3 within the noise.
+    CpuProfile p = derived_from_caches(id, "zen3", "avx2");
+    p.origin.clear();
+    p.measured =
+        "measured on a 2-core AMD Zen 3 EPYC (family 25 model 1) with benchmarks/sweep_profile.py; other Zen 3 "
+        "parts (Vermeer, Rembrandt, Cezanne) use it unmeasured";
+    p.dot_max_rows = 16;
+    p.dot_min_depth = 1024;
+    p.dot_thin_rows = 16;
+    p.transposed_max_rows = 64;
     p.small_max_madds = 128 * 128 * 128;
     return p;
   }
@@ -189,6 +220,7 @@ CpuProfile named_profile(const std::string& name, const CpuId& id) {
 
 std::string detected_name(const CpuId& id) {
   if (is_zen4(id)) return "zen4";
+  if (is_zen3(id)) return "zen3";
   if (id.vendor == "AuthenticAMD" && id.family == 0x1a) return "zen5";
   if (is_intel_avx512_server(id)) return "intel-avx512";
   if (!__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")) return "avx2";
@@ -291,7 +323,7 @@ const CpuId& cpu_id() {
 
 const CpuProfile& cpu_profile() { return *current().load(std::memory_order_acquire); }
 
-std::vector<std::string> cpu_profile_names() { return {"zen4", "zen5", "intel-avx512", "avx2", "generic"}; }
+std::vector<std::string> cpu_profile_names() { return {"zen3", "zen4", "zen5", "intel-avx512", "avx2", "generic"}; }
 
 std::vector<std::string> cpu_profile_parameters() {
   std::vector<std::string> names;
