@@ -440,6 +440,12 @@ WIDENED_CASES = [
     (40, 90, 33, "a_transposed"),
     (40, 90, 33, "b_transposed"),
     (40, 90, 33, "sliced"),
+    # x W^T with W's rows contiguous along k: the dot path for thin x (widened as loaded, or
+    # the native bfloat16 dot kernel), with partial row groups, k tails and partial strips
+    (1, 4096, 64, "b_transposed"),
+    (5, 1037, 45, "b_transposed"),
+    (16, 200, 30, "b_transposed"),
+    (3, 700, 9, "row_padded"),
 ]
 
 

@@ -1141,22 +1141,25 @@ void gemm_widened_thin(const GemmArgs<In>& args, bool outer, const MicroKernelSe
   }
 }
 
-// The bfloat16 dot path: x W^T for one row group of x (M <= the dot kernel's rows), both
-// contiguous along k, read in place by the native dot kernel (Bf16Kernel::dot): no packing,
-// W read once, from memory. The blocked path pads x to MR rows and packs all of W first (for
-// W of 4096 x 4096, 32 MiB written and read back per call). Zen 4, one thread, against torch:
-// 1 / 2 / 4 x 4096 -> 4096 blocked 0.79x / 0.63x / 0.78x, dot 1.37x / 1.14x / 1.26x; 1 x 1024
-// -> 1024 0.56x -> 1.03x. More rows would re-read each strip of W from L2 once per row group,
-// and the kernel is bound by that: 8 x 4096 -> 4096 dot 0.81x, blocked 0.87x; 64 rows 0.45x
-// and 0.81x. Tasks take strips of dot_cols rows of W, each into a float32 block of M x
-// dot_cols that is rounded once.
+// The reduced-precision dot path: x W^T for a thin x, both contiguous along k, read in place
+// by a dot kernel (Bf16DotKernelFn): no packing, W read once, from memory. The blocked path
+// pads x to MR rows and packs all of W first (for W of 4096 x 4096, 32 MiB written and read
+// back per call). Tasks take strips of `cols` rows of W, each into a float32 block of M x cols
+// that is rounded once.
+//   Native bfloat16 (Bf16Kernel::dot, vdpbf16ps), for M <= its 4 rows. Zen 4, one thread,
+// against torch: 1 / 2 / 4 x 4096 -> 4096 blocked 0.79x / 0.63x / 0.78x, dot 1.37x / 1.14x /
+// 1.26x; 1 x 1024 -> 1024 0.56x -> 1.03x. More rows would re-read each strip of W from L2 once
+// per row group, and the kernel is bound by that: 8 x 4096 -> 4096 dot 0.81x, blocked 0.87x;
+// 64 rows 0.45x and 0.81x.
+//   Widened (MicroKernelSet::dot_bf16_f32 / dot_f16_f32: float16, and bfloat16 on CPUs with
+// no native kernel), where choose_path gives the float32 product of this shape the dot path.
+// native: the kernel whose vector rounding rounds the block, or nullptr.
 template <typename In>
-void gemm_widened_dot(const GemmArgs<In>& args, const Bf16Kernel& native, const MicroKernelSet& set,
-                      const CpuProfile& profile) {
+void gemm_widened_dot(const GemmArgs<In>& args, Bf16DotKernelFn dot, int64_t rows_per_tile, int64_t cols_per_tile,
+                      const Bf16Kernel* native, const MicroKernelSet& set, const CpuProfile& profile) {
   const MatrixView<In>& a = args.a;
   const MatrixView<In>& b = args.b;
   const int64_t M = a.rows, K = a.cols, N = b.cols;
-  const int64_t rows_per_tile = native.dot_rows, cols_per_tile = native.dot_cols;
   const ActivationKernels<float>& activation = activation_kernels<float>(set);
   const float* bias = widened_bias(args, N, N);
   const uint16_t* a_bits = reinterpret_cast<const uint16_t*>(a.data);
@@ -1168,12 +1171,12 @@ void gemm_widened_dot(const GemmArgs<In>& args, const Bf16Kernel& native, const 
     for (int64_t s = begin; s < end; ++s) {
       const int64_t j = s * cols_per_tile, cols = std::min(cols_per_tile, N - j);
       for (int64_t i = 0; i < M; i += rows_per_tile)
-        native.dot(K, a_bits + i * a.row_stride, a.row_stride, std::min(rows_per_tile, M - i), b_bits + j * b.col_stride,
+        dot(K, a_bits + i * a.row_stride, a.row_stride, std::min(rows_per_tile, M - i), b_bits + j * b.col_stride,
                    b.col_stride, cols, block + i * cols_per_tile, cols_per_tile);
       if (bias)
         for (int64_t r = 0; r < M; ++r)
           for (int64_t q = 0; q < cols; ++q) block[r * cols_per_tile + q] += bias[j + q];
-      round_block_into(args, activation, &native, block, cols_per_tile, 0, j, M, cols);
+      round_block_into(args, activation, native, block, cols_per_tile, 0, j, M, cols);
     }
   });
 }
@@ -1198,7 +1201,7 @@ void gemm_widened(const GemmArgs<In>& args) {
     if (const Bf16Kernel* native = selected_bf16_kernel()) {
       const bool operands_contiguous_along_k = args.a.col_stride == 1 && args.b.row_stride == 1;
       if (native->dot && operands_contiguous_along_k && !args.a_row_sums && M <= native->dot_rows)
-        return gemm_widened_dot(args, *native, *kernels, profile);
+        return gemm_widened_dot(args, native->dot, native->dot_rows, native->dot_cols, native, *kernels, profile);
       const NativeBf16Panels panels{*native};
       // Pack the smaller operand: where B^T could be read in place (the forward's W) and
       // M < N, run the swapped product C^T = B^T A^T (x is packed, W is not).
@@ -1212,6 +1215,9 @@ void gemm_widened(const GemmArgs<In>& args) {
       return gemm_reduced_blocked(args, panels, *kernels, profile);
     }
   }
+  const WidenedDotKernel& widened_dot = std::is_same_v<In, c10::BFloat16> ? kernels->dot_bf16_f32 : kernels->dot_f16_f32;
+  if (path == GemmPath::Dot && widened_dot.run)
+    return gemm_widened_dot(args, widened_dot.run, widened_dot.rows, widened_dot.cols, nullptr, *kernels, profile);
   gemm_reduced_blocked(args, WideningPanels<In>{kernels->f32, widening_pack<In>(*kernels)}, *kernels, profile);
 }
 

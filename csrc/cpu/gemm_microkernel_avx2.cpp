@@ -1,7 +1,8 @@
 // AVX2 + FMA micro-kernels (compiled with -mavx2 -mfma -mf16c; called only when the CPU has them).
 //   broadcast, float32: 6 x 16 tile = 12 ymm accumulators, 2 ymm loads of B per k step
 //   broadcast, float64: 6 x 8 tile, the same register shape with 4-lane vectors
-//   dot (thin forward): 2 x 4 tile = 8 ymm accumulators; 1 x 8 for a single row
+//   dot (thin forward): 2 x 4 tile = 8 ymm accumulators; 1 x 8 for a single row; the same
+//                       2 x 4 on bfloat16 / float16 rows widened as loaded
 // 12 accumulators + 2 B vectors + 1 broadcast fill 15 of the 16 ymm registers. Partial
 // vectors in the dot kernel use maskload, so no load leaves the operand.
 //   panel (fused MLP): 4 x up to 3 vectors = 12 ymm accumulators
@@ -172,6 +173,8 @@ MicroKernelSet microkernels_avx2() {
       &pack_widened<Float32x8, true>,
       &stream_widened<Float32x8, false>,
       &stream_widened<Float32x8, true>,
+      WidenedDotKernel{2, 4, &dot_widened<Float32x8, 2, 4, false>},
+      WidenedDotKernel{2, 4, &dot_widened<Float32x8, 2, 4, true>},
   };
 }
 

@@ -2,7 +2,8 @@
 //   broadcast, float32: 12 x 32 tile = 24 zmm accumulators, 2 zmm loads of B per k step
 //   broadcast, float64: 12 x 16 tile, the same register shape with 8-lane vectors
 //   dot (thin forward): 4 x 4 tile = 16 zmm accumulators, 8 zmm loads per 16 (8) k steps;
-//                       1 x 8 for a single row
+//                       1 x 8 for a single row; the same 4 x 4 on bfloat16 / float16
+//                       rows widened as loaded (CPUs without AVX512-BF16)
 //   packing: 16 x 16 (float32) and 8 x 8 (float64) in-register transposes, masked copies;
 //            bfloat16 / float16 widened to float32 on the way (vpmovzxwd + shift, vcvtph2ps)
 //   row streaming (thin backward): up to 4 rows x 4 zmm of C per k step
@@ -154,6 +155,8 @@ MicroKernelSet microkernels_avx512() {
       &pack_widened<Float32x16, true>,
       &stream_widened<Float32x16, false>,
       &stream_widened<Float32x16, true>,
+      WidenedDotKernel{4, 4, &dot_widened<Float32x16, 4, 4, false>},
+      WidenedDotKernel{4, 4, &dot_widened<Float32x16, 4, 4, true>},
   };
 }
 

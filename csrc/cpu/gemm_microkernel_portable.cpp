@@ -201,6 +201,8 @@ MicroKernelSet microkernels_portable() {
       &pack_widened<true>,
       &stream_widened<false>,
       &stream_widened<true>,
+      WidenedDotKernel{0, 0, nullptr},  // the thin reduced-precision forward takes the blocked path
+      WidenedDotKernel{0, 0, nullptr},
   };
 }
 

@@ -161,65 +161,6 @@ void store_transposed(const typename V::Scalar* tile, int64_t ld_tile, int64_t r
   }
 }
 
-// Dot kernel: an MR x NR tile of dot products along k, both operands read in place.
-// Rows past `rows` (columns past `cols`) re-read row 0 so every load stays inside the
-// operands and the accumulators stay in registers; their results are not stored.
-template <typename V, int MR, int NR>
-void dot_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const typename V::Scalar* b, int64_t ldb,
-                typename V::Scalar* c, int64_t ldc, int64_t rows, int64_t cols, bool accumulate,
-                const typename V::Scalar* bias) {
-  using Scalar = typename V::Scalar;
-  using Vec = typename V::Vec;
-  const Scalar* a_row[MR];
-  const Scalar* b_row[NR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) a_row[i] = a + (i < rows ? i : 0) * lda;
-#pragma GCC unroll 8
-  for (int j = 0; j < NR; ++j) b_row[j] = b + (j < cols ? j : 0) * ldb;
-  Vec acc[MR][NR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
-
-  int64_t p = 0;
-  for (; p + V::lanes <= kc; p += V::lanes) {
-    Vec av[MR];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) av[i] = V::load(a_row[i] + p);
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
-      const Vec bv = V::load(b_row[j] + p);
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) acc[i][j] = V::fmadd(av[i], bv, acc[i][j]);
-    }
-  }
-  if (p < kc) {  // the last kc % lanes values, loaded under a mask (zeros past the end)
-    const int64_t tail = kc - p;
-    Vec av[MR];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) av[i] = V::load_first(a_row[i] + p, tail);
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
-      const Vec bv = V::load_first(b_row[j] + p, tail);
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) acc[i][j] = V::fmadd(av[i], bv, acc[i][j]);
-    }
-  }
-  // Reduce with fixed trip counts (acc[][] stays in registers), then store what is in range.
-  Scalar sums[MR][NR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) sums[i][j] = V::sum(acc[i][j]);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) {
-      const Scalar value = bias ? sums[i][j] + bias[j] : sums[i][j];
-      Scalar* cij = c + i * ldc + j;
-      *cij = accumulate ? *cij + value : value;
-    }
-}
-
 // A vector of an operand (the first n lanes, zeros after them): of the vector's own type, or
 // bfloat16 / float16 bits (ST = uint16_t) widened to float32 on the way (V::widen<kHalf>).
 // Partial widened vectors go through a zeroed stack copy (masked 16-bit loads would need
@@ -241,6 +182,88 @@ template <typename V, typename ST, bool kHalf>
 typename V::Vec load_first_lanes(const ST* p, int64_t n) {
   if constexpr (std::is_same_v<ST, uint16_t>) return widen_first<V, kHalf>(p, n);
   else return V::load_first(p, n);
+}
+
+// The sums of a dot tile: sums[i][j] = sum_p A(i, p) B^T(j, p) over kc k steps, MR x NR
+// products along k with both operands read in place (rows of A at a + i * lda, rows of B^T at
+// b + j * ldb), of V's own type or bfloat16 / float16 bits widened as loaded (ST = uint16_t).
+// Rows past `rows` (columns past `cols`) re-read row 0 so every load stays inside the
+// operands and the accumulators stay in registers; their sums are computed and not used.
+template <typename V, int MR, int NR, typename ST = typename V::Scalar, bool kHalf = false>
+__attribute__((always_inline)) inline void dot_tile_sums(int64_t kc, const ST* a, int64_t lda, const ST* b,
+                                                         int64_t ldb, int64_t rows, int64_t cols,
+                                                         typename V::Scalar (&sums)[MR][NR]) {
+  using Vec = typename V::Vec;
+  const ST* a_row[MR];
+  const ST* b_row[NR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) a_row[i] = a + (i < rows ? i : 0) * lda;
+#pragma GCC unroll 8
+  for (int j = 0; j < NR; ++j) b_row[j] = b + (j < cols ? j : 0) * ldb;
+  Vec acc[MR][NR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
+
+  int64_t p = 0;
+  for (; p + V::lanes <= kc; p += V::lanes) {
+    Vec av[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) av[i] = load_vector<V, ST, kHalf>(a_row[i] + p);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const Vec bv = load_vector<V, ST, kHalf>(b_row[j] + p);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) acc[i][j] = V::fmadd(av[i], bv, acc[i][j]);
+    }
+  }
+  if (p < kc) {  // the last kc % lanes values (zeros past the end)
+    const int64_t tail = kc - p;
+    Vec av[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) av[i] = load_first_lanes<V, ST, kHalf>(a_row[i] + p, tail);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const Vec bv = load_first_lanes<V, ST, kHalf>(b_row[j] + p, tail);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) acc[i][j] = V::fmadd(av[i], bv, acc[i][j]);
+    }
+  }
+  // Reduce with fixed trip counts (acc[][] stays in registers).
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) sums[i][j] = V::sum(acc[i][j]);
+}
+
+// Dot kernel (DotKernelFn): an MR x NR tile of C from dot_tile_sums, plus bias, stored or
+// added to C where in range.
+template <typename V, int MR, int NR>
+void dot_kernel(int64_t kc, const typename V::Scalar* a, int64_t lda, const typename V::Scalar* b, int64_t ldb,
+                typename V::Scalar* c, int64_t ldc, int64_t rows, int64_t cols, bool accumulate,
+                const typename V::Scalar* bias) {
+  using Scalar = typename V::Scalar;
+  Scalar sums[MR][NR];
+  dot_tile_sums<V, MR, NR>(kc, a, lda, b, ldb, rows, cols, sums);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const Scalar value = bias ? sums[i][j] + bias[j] : sums[i][j];
+      Scalar* cij = c + i * ldc + j;
+      *cij = accumulate ? *cij + value : value;
+    }
+}
+
+// Widened dot kernel (Bf16DotKernelFn): c = A B^T for bfloat16 / float16 A and B^T, in
+// float32, where the CPU has no native bfloat16 kernel (gemm_microkernels.h, WidenedDotKernel).
+// Each element is widened once per tile as it is loaded: no float32 copy of W.
+template <typename V, int MR, int NR, bool kHalf>
+void dot_widened(int64_t depth, const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* b, int64_t ldb,
+                 int64_t cols, float* c, int64_t ldc) {
+  float sums[MR][NR];
+  dot_tile_sums<V, MR, NR, uint16_t, kHalf>(depth, a, lda, b, ldb, rows, cols, sums);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = sums[i][j];
 }
 
 // Packing kernel (gemm_microkernels.h: PackFn, and PackWidenFn with ST = uint16_t, the

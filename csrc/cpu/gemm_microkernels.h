@@ -141,6 +141,19 @@ struct ActivationKernels {
                    T* out, int64_t ldo, int64_t rows, int64_t cols);
 };
 
+// Reduced-precision dot kernel: c (rows x cols float32, leading dimension ldc; at most the
+// kernel's rows x cols) = A B^T over depth k steps, A (rows at a + i * lda) and B^T (rows at
+// b + j * ldb) bfloat16 or float16 bits contiguous along k, read in place: the thin forward
+// of gemm_widened (Bf16Kernel::dot natively, WidenedDotKernel by widening to float32 as loaded).
+using Bf16DotKernelFn = void (*)(int64_t depth, const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* b,
+                                 int64_t ldb, int64_t cols, float* c, int64_t ldc);
+
+struct WidenedDotKernel {
+  int64_t rows;  // rows of A (and C) per tile
+  int64_t cols;  // rows of B^T (columns of C) per tile
+  Bf16DotKernelFn run;  // nullptr: no such kernel in the set (portable): the blocked path
+};
+
 struct MicroKernelSet {
   const char* isa;
   MicroKernel<float> f32;
@@ -161,6 +174,8 @@ struct MicroKernelSet {
   PackWidenFn pack_f16_f32;
   StreamWidenKernelFn stream_bf16_f32;
   StreamWidenKernelFn stream_f16_f32;
+  WidenedDotKernel dot_bf16_f32;
+  WidenedDotKernel dot_f16_f32;
 };
 
 // Native bfloat16 kernels (gemm_bf16_avx512bf16.cpp), the blocked path of gemm_widened where
@@ -189,11 +204,6 @@ using Bf16InPlaceMicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* 
 using Bf16RoundedMicroKernelFn = void (*)(int64_t packed_depth, const uint16_t* a, int64_t lda, bool a_in_place,
                                           const uint16_t* b_panel, const float* bias, uint16_t* dst, int64_t ldd,
                                           int64_t rows, int64_t cols);
-// c (rows x cols float32, leading dimension ldc; at most dot_rows x dot_cols) = A B^T over
-// depth k steps, A (rows at a + i * lda) and B^T (rows at b + j * ldb) contiguous along k,
-// read in place.
-using Bf16DotKernelFn = void (*)(int64_t depth, const uint16_t* a, int64_t lda, int64_t rows, const uint16_t* b,
-                                 int64_t ldb, int64_t cols, float* c, int64_t ldc);
 // dst (rows x cols, bfloat16 bits) = src (float32) rounded to nearest even.
 using RoundToBf16Fn = void (*)(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows,
                                int64_t cols);
