@@ -30,6 +30,7 @@ struct Float32x8 {
   using Scalar = float;
   using Vec = __m256;
   static constexpr int64_t lanes = 8;
+  static constexpr int k_unroll = 4;  // k steps per iteration of the broadcast k loop (templates)
   static Vec zero() { return _mm256_setzero_ps(); }
   static Vec load(const float* p) { return _mm256_loadu_ps(p); }
   static Vec load_first(const float* p, int64_t n) {
@@ -104,6 +105,7 @@ struct Float64x4 {
   using Scalar = double;
   using Vec = __m256d;
   static constexpr int64_t lanes = 4;
+  static constexpr int k_unroll = 4;
   static Vec zero() { return _mm256_setzero_pd(); }
   static Vec load(const double* p) { return _mm256_loadu_pd(p); }
   static Vec load_first(const double* p, int64_t n) {

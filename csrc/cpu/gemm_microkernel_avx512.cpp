@@ -32,6 +32,7 @@ struct Float32x16 {
   using Scalar = float;
   using Vec = __m512;
   static constexpr int64_t lanes = 16;
+  static constexpr int k_unroll = 1;  // k steps per iteration of the broadcast k loop (templates)
   static Vec zero() { return _mm512_setzero_ps(); }
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   static Vec load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
@@ -77,6 +78,7 @@ struct Float64x8 {
   using Scalar = double;
   using Vec = __m512d;
   static constexpr int64_t lanes = 8;
+  static constexpr int k_unroll = 1;
   static Vec zero() { return _mm512_setzero_pd(); }
   static Vec load(const double* p) { return _mm512_loadu_pd(p); }
   static Vec load_first(const double* p, int64_t n) { return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p); }
